@@ -1,0 +1,34 @@
+"""What this machine can run: versions, the GPU, and how Triton kernels will execute."""
+
+import os
+import platform
+
+import torch
+
+
+def triton_mode() -> str:
+    """``"native"`` when a CUDA GPU is present, else ``"interpreter"`` (Triton runs kernels on the CPU
+    through its interpreter, ``TRITON_INTERPRET=1``: correct but slow, ~10 ms per program instance)."""
+    if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available():
+        return "interpreter"
+    return "native"
+
+
+def environment_report() -> dict:
+    """Python, torch and triton versions, the GPU (or None) and the Triton mode, as a dict."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "gpu": gpu,
+        "bf16_on_gpu": bool(gpu) and torch.cuda.is_bf16_supported(),
+        "triton_mode": triton_mode() if triton_version else "unavailable",
+        "cpu_threads": torch.get_num_threads(),
+    }

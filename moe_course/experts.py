@@ -1,0 +1,80 @@
+"""Expert FFNs: a dense FFN, and E experts stored as stacked weights so every backend can share them.
+
+Two expert shapes, as in the papers:
+- ``"gelu"``:   y = GELU(x W1) W2                     (GPT-style MLP; 2·d_model·d_ff weights)
+- ``"swiglu"``: y = (SiLU(x W_gate) * (x W_up)) W2    (Llama/Mixtral; 3·d_model·d_ff weights)
+For SwiGLU the gate and up projections are stored side by side in one weight ``W1 = [W_gate | W_up]``.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checks import check_choice, check_positive_int
+
+ACTIVATIONS = ("gelu", "swiglu")
+
+
+def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
+    """Apply the expert activation to the first projection ``h: [n, d_ff]`` (``[n, 2·d_ff]`` for SwiGLU)."""
+    if activation == "swiglu":
+        gate, up = h.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    return F.gelu(h)
+
+
+def ffn(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, activation: str) -> torch.Tensor:
+    """One FFN: x: [n, d_model], w1: [d_model, d_ff or 2·d_ff], w2: [d_ff, d_model] -> [n, d_model]."""
+    return activate(x @ w1, activation) @ w2
+
+
+def _init_(w: torch.Tensor, fan_in: int) -> None:
+    """Uniform(±1/sqrt(fan_in)) like nn.Linear, so activations keep their scale."""
+    bound = 1 / math.sqrt(fan_in)
+    nn.init.uniform_(w, -bound, bound)
+
+
+class FFN(nn.Module):
+    """A dense FFN with weights ``w1: [d_model, d_ff(·2)]`` and ``w2: [d_ff, d_model]``."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "swiglu"):
+        super().__init__()
+        check_positive_int("d_model", d_model)
+        check_positive_int("d_ff", d_ff)
+        check_choice("activation", activation, ACTIVATIONS)
+        self.d_model, self.d_ff, self.activation = d_model, d_ff, activation
+        width = 2 * d_ff if activation == "swiglu" else d_ff
+        self.w1 = nn.Parameter(torch.empty(d_model, width))
+        self.w2 = nn.Parameter(torch.empty(d_ff, d_model))
+        _init_(self.w1, d_model)
+        _init_(self.w2, d_ff)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., d_model] -> [..., d_model]."""
+        return ffn(x, self.w1, self.w2, self.activation)
+
+
+class Experts(nn.Module):
+    """E expert FFNs with stacked weights ``w1: [E, d_model, d_ff(·2)]`` and ``w2: [E, d_ff, d_model]``.
+
+    Stacking keeps every expert's weights in two tensors, the layout grouped GEMMs and kernels read.
+    """
+
+    def __init__(self, E: int, d_model: int, d_ff: int, activation: str = "swiglu"):
+        super().__init__()
+        check_positive_int("E", E)
+        check_positive_int("d_model", d_model)
+        check_positive_int("d_ff", d_ff)
+        check_choice("activation", activation, ACTIVATIONS)
+        self.E, self.d_model, self.d_ff, self.activation = E, d_model, d_ff, activation
+        width = 2 * d_ff if activation == "swiglu" else d_ff
+        self.w1 = nn.Parameter(torch.empty(E, d_model, width))
+        self.w2 = nn.Parameter(torch.empty(E, d_ff, d_model))
+        _init_(self.w1, d_model)
+        _init_(self.w2, d_ff)
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Run expert ``e`` on its tokens x: [n, d_model] -> [n, d_model]."""
+        return ffn(x, self.w1[e], self.w2[e], self.activation)

@@ -1,0 +1,149 @@
+"""Parameter and FLOP accounting for dense FFNs, MoE FFNs and whole models.
+
+Conventions (as in the course text): a matrix multiply of a ``[1, m]`` row by an ``[m, n]`` weight costs
+``2·m·n`` FLOPs (one multiply and one add per weight), so a layer costs ``2 × params`` FLOPs per token.
+Biases, norms and the activation function are ignored in the FFN rows; the whole-model count includes norms.
+"""
+
+from dataclasses import dataclass
+
+from .checks import check_non_negative_int, check_positive_int, check_top_k
+
+
+def ffn_params(d_model: int, d_ff: int, gated: bool = False) -> int:
+    """Weights of one FFN: ``2·d_model·d_ff`` (up, down), or ``3·d_model·d_ff`` when ``gated`` (SwiGLU)."""
+    check_positive_int("d_model", d_model)
+    check_positive_int("d_ff", d_ff)
+    return (3 if gated else 2) * d_model * d_ff
+
+
+def ffn_flops_per_token(d_model: int, d_ff: int, gated: bool = False) -> int:
+    """Forward FLOPs one token spends in one FFN: 2 per weight."""
+    return 2 * ffn_params(d_model, d_ff, gated)
+
+
+@dataclass(frozen=True)
+class MoECost:
+    """One row of the accounting table for an MoE FFN with E routed experts, top-k, and s shared experts."""
+
+    E: int
+    k: int
+    s: int
+    stored_params: int  # (E + s) experts held in memory
+    flops_per_token: int  # (k + s) experts run per token, 2 FLOPs per weight
+    active_params: int  # (k + s) experts' weights touched per token
+
+    @property
+    def capacity_per_flop(self) -> float:
+        """Stored over active parameters: E/k when there are no shared experts."""
+        return self.stored_params / self.active_params
+
+
+def moe_ffn_cost(d_model: int, d_ff: int, E: int, k: int, s: int = 0, gated: bool = False) -> MoECost:
+    """Stored parameters, FLOPs per token and active parameters of one MoE FFN (router excluded).
+
+    Each of the E routed and s shared experts is an FFN of shape ``d_model × d_ff``; a token runs its k chosen
+    experts plus all s shared ones.
+    """
+    check_top_k(k, E)
+    check_non_negative_int("s", s)
+    one = ffn_params(d_model, d_ff, gated)
+    return MoECost(E=E, k=k, s=s, stored_params=(E + s) * one, flops_per_token=2 * (k + s) * one, active_params=(k + s) * one)
+
+
+def format_cost_table(d_model: int, d_ff: int, configs, gated: bool = False) -> str:
+    """The course's table: a dense row, then one row per ``(E, k)`` or ``(E, k, s)`` in ``configs``."""
+    one = ffn_params(d_model, d_ff, gated)
+    lines = [f"{'config':<22}{'stored':>18}{'FLOPs/token':>18}{'active':>16}{'stored/active':>15}"]
+    lines.append(f"{'dense':<22}{one:>18,}{2 * one:>18,}{one:>16,}{1.0:>15.1f}")
+    for config in configs:
+        c = moe_ffn_cost(d_model, d_ff, *config, gated=gated)
+        name = f"E={c.E} top-{c.k}" + (f" +{c.s} shared" if c.s else "")
+        lines.append(
+            f"{name:<22}{c.stored_params:>18,}{c.flops_per_token:>18,}{c.active_params:>16,}{c.capacity_per_flop:>15.1f}"
+        )
+    return "\n".join(lines)
+
+
+def ffn_share_of_layer(d_model: int, d_ff: int, gated: bool = False) -> float:
+    """Fraction of a transformer layer's weights in its FFN, with full multi-head attention (4·d_model²)."""
+    ffn = ffn_params(d_model, d_ff, gated)
+    return ffn / (ffn + 4 * d_model * d_model)
+
+
+def flop_matched_dense_d_ff(d_ff: int, k: int, s: int = 0) -> int:
+    """Hidden size of the dense FFN that spends the same FLOPs per token as (k + s) experts of size d_ff."""
+    return (k + s) * d_ff
+
+
+def param_matched_dense_d_ff(d_ff: int, E: int, s: int = 0) -> int:
+    """Hidden size of the dense FFN that stores as many weights as (E + s) experts of size d_ff."""
+    return (E + s) * d_ff
+
+
+def per_token_time(k: int, tau: float, c: float) -> float:
+    """Time per token when each of its k experts costs compute ``c`` and communication ``tau``: k·(c + tau)."""
+    check_positive_int("k", k)
+    if tau < 0 or c < 0:
+        raise ValueError(f"tau and c must be non-negative, got tau={tau}, c={c}")
+    return k * (c + tau)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A decoder-only transformer with MoE FFNs (set E=1, k=1 for a dense model).
+
+    Attention uses grouped-query heads: ``n_heads`` query heads and ``n_kv_heads`` key/value heads of size
+    ``head_dim`` (default ``d_model // n_heads``). Every layer has two RMSNorms; one more sits before the LM head.
+    """
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_ff: int
+    E: int
+    k: int
+    s: int = 0
+    gated: bool = True
+    tie_embeddings: bool = False
+    head_dim: int | None = None
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
+            check_positive_int(name, getattr(self, name))
+        check_top_k(self.k, self.E)
+        check_non_negative_int("s", self.s)
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_kv_heads must divide n_heads, got n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}")
+
+
+MIXTRAL_8X7B = ModelConfig(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336, E=8, k=2)
+
+
+def count_model_params(config: ModelConfig) -> dict:
+    """Parameters of a whole model, by part, with the ``total`` stored and the ``active`` per token.
+
+    The router (``d_model × E`` per layer) is counted only for MoE models (E > 1).
+    """
+    c = config
+    head_dim = c.head_dim or c.d_model // c.n_heads
+    embedding = c.vocab_size * c.d_model
+    lm_head = 0 if c.tie_embeddings else embedding
+    attention = c.d_model * head_dim * (2 * c.n_heads + 2 * c.n_kv_heads)  # q and o, k and v
+    norms = 2 * c.d_model
+    router = c.d_model * c.E if c.E > 1 else 0
+    expert = ffn_params(c.d_model, c.d_ff, c.gated)
+    per_layer_fixed = attention + norms + router
+    parts = {
+        "embedding": embedding,
+        "attention": c.n_layers * attention,
+        "norms": c.n_layers * norms + c.d_model,
+        "router": c.n_layers * router,
+        "experts": c.n_layers * (c.E + c.s) * expert,
+        "lm_head": lm_head,
+    }
+    parts["total"] = sum(parts.values())
+    parts["active"] = embedding + lm_head + c.d_model + c.n_layers * (per_layer_fixed + (c.k + c.s) * expert)
+    return parts

@@ -1,0 +1,25 @@
+"""How evenly a routing spreads tokens over experts."""
+
+import torch
+
+from .checks import check_positive_int
+
+
+def expert_load(indices: torch.Tensor, E: int) -> torch.Tensor:
+    """Tokens per expert: indices: [T, k] expert ids -> counts: [E] (int64), summing to T·k."""
+    check_positive_int("E", E)
+    return torch.bincount(indices.reshape(-1), minlength=E)
+
+
+def balance_coefficient(counts: torch.Tensor) -> float:
+    """Minimum expert load over the ideal load (T·k/E): 1.0 when perfectly even, 0.0 when an expert is idle.
+
+    counts: [E] tokens per expert, as from :func:`expert_load`.
+    """
+    if counts.dim() != 1 or counts.numel() == 0:
+        raise ValueError(f"counts must be a 1-D tensor with one entry per expert, got shape {tuple(counts.shape)}")
+    total = counts.sum().item()
+    if total == 0:
+        raise ValueError("counts must contain at least one routed token (the ideal load T·k/E is 0)")
+    ideal = total / counts.numel()
+    return counts.min().item() / ideal
