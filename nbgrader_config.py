@@ -12,5 +12,6 @@ c.Execute.timeout = 60
 # A learner who deletes a test cell gets it back from the source notebook.
 c.OverwriteCells.add_missing_cells = True
 # A warning printed to stderr must not zero a correct answer (nbgrader fails any test cell with stderr output).
+c.IgnorePattern.enabled = True
 c.IgnorePattern.pattern = r"Warning"
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}

@@ -1,0 +1,114 @@
+"""Autograde assignments with nbgrader, hidden tests included, in a throw-away copy of the course.
+
+The learner's command (``make grade ASSIGNMENT=02_moe_layer`` or ``moe-course-grade 02_moe_layer``) grades
+``exercises/<assignment>/`` and prints the score of each graded part and the path of an HTML feedback report.
+The repository is never written to except ``feedback/``; the gradebook lives in the temporary copy.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from nbgrader.api import Gradebook
+
+
+@dataclass
+class PartScore:
+    """The score of one graded test cell (``grade_id``) of one notebook."""
+
+    notebook: str
+    part: str
+    score: float
+    max_score: float
+
+
+def run_nbgrader(course_dir: Path, *args: str, timeout: float = 900) -> None:
+    """Run ``nbgrader <args>`` in ``course_dir``; raise ``RuntimeError`` with its log if it fails.
+
+    nbgrader calls ``alembic`` from PATH, so this interpreter's scripts folder goes first on it.
+    """
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    cmd = [sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={course_dir}"]
+    proc = subprocess.run(cmd, cwd=course_dir, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nbgrader {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+
+
+def make_course(repo: Path, assignment: str, course_dir: Path) -> None:
+    """Lay out a course in ``course_dir`` with the repo's config and ``assignment``'s source, and release it."""
+    source = repo / "solutions" / assignment
+    if not source.is_dir():
+        known = sorted(p.name for p in (repo / "solutions").iterdir() if p.is_dir())
+        raise ValueError(f"assignment must be one of {known}, got {assignment!r}")
+    shutil.copy(repo / "nbgrader_config.py", course_dir)
+    shutil.copytree(source, course_dir / "solutions" / assignment)
+    run_nbgrader(course_dir, "generate_assignment", assignment, "--force")
+
+
+def grade_submissions(repo: Path, assignment: str, submissions: dict, course_dir: Path, *extra: str) -> dict:
+    """Autograde and generate feedback for several students at once.
+
+    submissions: ``{student_id: folder holding that student's notebooks of the assignment}``.
+    Returns ``{student_id: [PartScore, ...]}``; feedback HTML is under ``course_dir/feedback/<student>/``.
+    ``extra`` are further nbgrader options (e.g. ``--Execute.timeout=10``).
+    """
+    make_course(repo, assignment, course_dir)
+    for student, folder in submissions.items():
+        shutil.copytree(folder, course_dir / "submitted" / student / assignment)
+    run_nbgrader(course_dir, "autograde", assignment, "--force", *extra)
+    run_nbgrader(course_dir, "generate_feedback", assignment, "--force")
+    scores = {}
+    with Gradebook(f"sqlite:///{course_dir / 'gradebook.db'}") as gb:
+        for student in submissions:
+            submission = gb.find_submission(assignment, student)
+            scores[student] = [
+                PartScore(nb.name, grade.name, grade.score, grade.max_score)
+                for nb in submission.notebooks
+                for grade in nb.grades
+                if grade.cell.cell_type == "code"
+            ]
+    return scores
+
+
+def release(repo: Path, assignment: str, out_dir: Path) -> None:
+    """Write the student version of ``assignment`` (what ``nbgrader generate_assignment`` makes) to ``out_dir``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        make_course(repo, assignment, Path(tmp))
+        shutil.copytree(Path(tmp) / "exercises" / assignment, out_dir, dirs_exist_ok=True)
+
+
+def format_scores(scores: list) -> str:
+    """A table of per-part scores with a total line."""
+    lines = [f"{'part':<32}{'score':>8}{'max':>6}"]
+    lines += [f"{s.part:<32}{s.score:>8.1f}{s.max_score:>6.1f}" for s in scores]
+    lines.append(f"{'total':<32}{sum(s.score for s in scores):>8.1f}{sum(s.max_score for s in scores):>6.1f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Autograde your copy of an assignment (hidden tests included).")
+    parser.add_argument("assignment", help="e.g. 02_moe_layer (a folder of exercises/)")
+    parser.add_argument("--repo", type=Path, default=Path.cwd(), help="the course folder (default: current)")
+    args = parser.parse_args(argv)
+    repo, assignment = args.repo.resolve(), args.assignment
+    submission = repo / "exercises" / assignment
+    if not submission.is_dir():
+        parser.error(f"no folder {submission}: ASSIGNMENT must name a folder of exercises/")
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"Grading {submission} (this runs every cell of your notebook) ...", flush=True)
+        scores = grade_submissions(repo, assignment, {"learner": submission}, Path(tmp))["learner"]
+        feedback = repo / "feedback" / assignment
+        shutil.copytree(Path(tmp) / "feedback" / "learner" / assignment, feedback, dirs_exist_ok=True)
+    print(format_scores(scores))
+    for report in sorted(feedback.glob("*.html")):
+        print(f"Feedback report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from moe_course.dispatch import permute, sort_by_expert, unpermute_and_combine
+from moe_course.load import balance_coefficient, expert_load
+
+
+def test_sort_by_expert_blocks_are_contiguous_and_stable():
+    indices = torch.tensor([[2, 0], [0, 1], [2, 1], [0, 2]])
+    d = sort_by_expert(indices, E=4)
+    assert d.counts.tolist() == [3, 2, 3, 0]
+    assert d.offsets.tolist() == [0, 3, 5, 8, 8]
+    # pair p = t·k + j; expert 0 is chosen by pairs 1, 2, 6 in that order
+    assert d.order.tolist() == [1, 2, 6, 3, 5, 0, 4, 7]
+    assert d.token_ids.tolist() == [0, 1, 3, 1, 2, 0, 2, 3]
+    assert torch.equal(indices.reshape(-1)[d.order], torch.tensor([0, 0, 0, 1, 1, 2, 2, 2]))
+
+
+def test_round_trip_returns_each_token_times_its_weights():
+    torch.manual_seed(0)
+    T, k, E = 50, 3, 7
+    x = torch.randn(T, 5)
+    indices = torch.stack([torch.randperm(E)[:k] for _ in range(T)])
+    weights = torch.rand(T, k)
+    d = sort_by_expert(indices, E)
+    y = unpermute_and_combine(permute(x, d), d, weights)  # identity experts
+    assert torch.allclose(y, x * weights.sum(-1, keepdim=True))
+    assert int(d.counts.sum()) == T * k
+
+
+def test_empty_batch():
+    d = sort_by_expert(torch.zeros(0, 2, dtype=torch.int64), E=4)
+    assert d.counts.tolist() == [0, 0, 0, 0]
+    assert unpermute_and_combine(torch.zeros(0, 3), d, torch.zeros(0, 2)).shape == (0, 3)
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: sort_by_expert(torch.tensor([[0, 4]]), E=4), "indices"),
+        (lambda: sort_by_expert(torch.tensor([0, 1]), E=4), "indices"),
+        (lambda: sort_by_expert(torch.tensor([[0, 1]]), E=0), "E"),
+        (lambda: balance_coefficient(torch.zeros(4, dtype=torch.int64)), "counts"),
+        (lambda: balance_coefficient(torch.zeros(2, 2, dtype=torch.int64)), "counts"),
+    ],
+)
+def test_bad_arguments_are_named(call, name):
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        call()
+
+
+def test_load_and_balance_coefficient():
+    indices = torch.tensor([[0, 1], [0, 2], [0, 1], [0, 2]])
+    counts = expert_load(indices, E=4)
+    assert counts.tolist() == [4, 2, 2, 0]
+    assert balance_coefficient(counts) == 0.0
+    assert balance_coefficient(torch.tensor([2, 2, 2, 2])) == 1.0
+    # ideal load is T·k/E = 4·2/4 = 2, the least loaded expert has 1
+    assert balance_coefficient(expert_load(torch.tensor([[0, 1], [2, 3], [0, 1], [2, 0]]), 4)) == 0.5

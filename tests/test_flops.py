@@ -1,0 +1,109 @@
+import pytest
+
+from moe_course.flops import (
+    MIXTRAL_8X7B,
+    ModelConfig,
+    count_model_params,
+    ffn_flops_per_token,
+    ffn_params,
+    ffn_share_of_layer,
+    flop_matched_dense_d_ff,
+    format_cost_table,
+    moe_ffn_cost,
+    param_matched_dense_d_ff,
+    per_token_time,
+)
+
+D, F = 4096, 14336
+
+
+def test_dense_row_matches_the_book():
+    assert ffn_params(D, F) == 117_440_512
+    assert ffn_flops_per_token(D, F) == 234_881_024
+    assert ffn_params(D, F, gated=True) == 3 * D * F
+
+
+@pytest.mark.parametrize(
+    "E, k, stored, flops, active",
+    [
+        (8, 2, 939_524_096, 469_762_048, 234_881_024),
+        (64, 2, 7_516_192_768, 469_762_048, 234_881_024),
+        (256, 8, 30_064_771_072, 1_879_048_192, 939_524_096),
+    ],
+)
+def test_moe_rows_match_the_book(E, k, stored, flops, active):
+    c = moe_ffn_cost(D, F, E, k)
+    assert (c.stored_params, c.flops_per_token, c.active_params) == (stored, flops, active)
+    assert c.capacity_per_flop == E / k
+
+
+def test_shared_experts_run_and_are_stored():
+    plain, shared = moe_ffn_cost(D, F, 64, 2), moe_ffn_cost(D, F, 64, 2, s=2)
+    one = ffn_params(D, F)
+    assert shared.stored_params == plain.stored_params + 2 * one
+    assert shared.active_params == 4 * one
+    assert shared.flops_per_token == 2 * plain.flops_per_token
+
+
+def test_table_prints_every_row_to_the_digit():
+    table = format_cost_table(D, F, [(8, 2), (64, 2), (256, 8)])
+    for number in ["117,440,512", "234,881,024", "30,064,771,072", "1,879,048,192", "939,524,096"]:
+        assert number in table
+    assert len(table.splitlines()) == 5
+
+
+def test_ffn_is_two_thirds_of_a_layer():
+    assert ffn_share_of_layer(1024, 4096) == pytest.approx(2 / 3)
+
+
+def test_mixtral_counts():
+    p = count_model_params(MIXTRAL_8X7B)
+    assert p["total"] == pytest.approx(46.7e9, rel=0.005)
+    assert p["active"] == pytest.approx(12.9e9, rel=0.005)
+    assert p["total"] == sum(v for name, v in p.items() if name not in ("total", "active"))
+
+
+def test_dense_model_has_no_router_and_all_params_active():
+    cfg = ModelConfig(vocab_size=1000, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, d_ff=256, E=1, k=1)
+    p = count_model_params(cfg)
+    assert p["router"] == 0
+    assert p["active"] == p["total"]
+    # full multi-head attention: 4·d² per layer
+    assert p["attention"] == 2 * 4 * 64 * 64
+
+
+def test_tied_embeddings_and_shared_experts():
+    base = dict(vocab_size=1000, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, E=8, k=2)
+    untied, tied = count_model_params(ModelConfig(**base)), count_model_params(ModelConfig(**base, tie_embeddings=True))
+    assert untied["total"] - tied["total"] == 1000 * 64
+    shared = count_model_params(ModelConfig(**base, s=1))
+    assert shared["active"] - untied["active"] == 2 * 3 * 64 * 128
+
+
+def test_matched_dense_sizes():
+    assert flop_matched_dense_d_ff(F, k=2) == 2 * F
+    assert flop_matched_dense_d_ff(F, k=2, s=1) == 3 * F
+    assert param_matched_dense_d_ff(F, E=8) == 8 * F
+
+
+def test_per_token_time():
+    assert per_token_time(2, tau=1.0, c=3.0) == 8.0
+    with pytest.raises(ValueError, match="tau"):
+        per_token_time(2, tau=-1.0, c=1.0)
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: moe_ffn_cost(D, F, E=8, k=9), "k"),
+        (lambda: moe_ffn_cost(D, F, E=8, k=0), "k"),
+        (lambda: moe_ffn_cost(D, F, E=0, k=1), "E"),
+        (lambda: moe_ffn_cost(D, F, E=8, k=2, s=-1), "s"),
+        (lambda: ffn_params(0, F), "d_model"),
+        (lambda: ffn_params(D, 2.5), "d_ff"),
+        (lambda: ModelConfig(100, 64, 2, n_heads=4, n_kv_heads=3, d_ff=128, E=8, k=2), "n_kv_heads"),
+    ],
+)
+def test_bad_arguments_are_named(call, name):
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        call()
