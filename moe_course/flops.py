@@ -48,7 +48,9 @@ def moe_ffn_cost(d_model: int, d_ff: int, E: int, k: int, s: int = 0, gated: boo
     check_top_k(k, E)
     check_non_negative_int("s", s)
     one = ffn_params(d_model, d_ff, gated)
-    return MoECost(E=E, k=k, s=s, stored_params=(E + s) * one, flops_per_token=2 * (k + s) * one, active_params=(k + s) * one)
+    return MoECost(
+        E=E, k=k, s=s, stored_params=(E + s) * one, flops_per_token=2 * (k + s) * one, active_params=(k + s) * one
+    )
 
 
 def format_cost_table(d_model: int, d_ff: int, configs, gated: bool = False) -> str:
@@ -116,7 +118,9 @@ class ModelConfig:
         check_top_k(self.k, self.E)
         check_non_negative_int("s", self.s)
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_kv_heads must divide n_heads, got n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}")
+            raise ValueError(
+                f"n_kv_heads must divide n_heads, got n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}"
+            )
 
 
 MIXTRAL_8X7B = ModelConfig(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336, E=8, k=2)

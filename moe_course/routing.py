@@ -43,7 +43,9 @@ def top_k_routing(logits: torch.Tensor, k: int, order: str = "softmax_then_topk"
     they differ when ``renormalize=False``: then the first order's weights sum to less than 1.
     """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
-        raise ValueError(f"logits must be a floating-point tensor of shape [T, E], got {getattr(logits, 'shape', logits)}")
+        raise ValueError(
+            f"logits must be a floating-point tensor of shape [T, E], got {getattr(logits, 'shape', logits)}"
+        )
     check_top_k(k, logits.shape[1])
     check_choice("order", order, ORDERS)
     probs = torch.softmax(logits, dim=-1)

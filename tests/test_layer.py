@@ -19,7 +19,9 @@ def grads_of(backend, x, routing, experts):
 
 
 def assert_backends_agree(x, routing, experts):
-    for ref, got in zip(grads_of(loop_moe, x, routing, experts), grads_of(vectorized_moe, x, routing, experts)):
+    for ref, got in zip(
+        grads_of(loop_moe, x, routing, experts), grads_of(vectorized_moe, x, routing, experts), strict=True
+    ):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 

@@ -1,0 +1,18 @@
+import torch
+
+from moe_course.env import environment_report, triton_mode
+
+
+def test_report_names_versions_and_mode():
+    report = environment_report()
+    assert report["torch"] == torch.__version__
+    assert report["python"].count(".") == 2
+    assert report["triton_mode"] in ("native", "interpreter", "unavailable")
+    assert (report["gpu"] is None) == (not torch.cuda.is_available())
+
+
+def test_cpu_or_forced_interpreter_means_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert triton_mode() == "interpreter"
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert triton_mode() == ("native" if torch.cuda.is_available() else "interpreter")

@@ -1,0 +1,205 @@
+"""The grading pipeline end to end: nbgrader generate_assignment -> autograde -> feedback -> export.
+
+Every submission is graded in a temporary course; the repository is only read.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from moe_course.grading import grade_submissions, main, release, run_nbgrader
+
+REPO = Path(__file__).resolve().parents[1]
+ASSIGNMENTS = sorted(p.name for p in (REPO / "solutions").iterdir() if p.is_dir())
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def cell(nb: dict, grade_id: str) -> dict:
+    return next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+def submission(tmp: Path, name: str, assignment: str, edit=None) -> Path:
+    """A student folder holding the solution notebook, changed by ``edit(nb)``."""
+    folder = tmp / "inbox" / name
+    folder.mkdir(parents=True)
+    nb = load(REPO / "solutions" / assignment / f"{assignment}.ipynb")
+    if edit:
+        edit(nb)
+    (folder / f"{assignment}.ipynb").write_text(json.dumps(nb))
+    return folder
+
+
+def replace(grade_id: str, source: str):
+    def edit(nb):
+        cell(nb, grade_id)["source"] = source
+
+    return edit
+
+
+def both(*edits):
+    def edit(nb):
+        for e in edits:
+            e(nb)
+
+    return edit
+
+
+def delete(grade_id: str):
+    def edit(nb):
+        nb["cells"].remove(cell(nb, grade_id))
+
+    return edit
+
+
+RATIO_OF_TOKENS_NOT_PAIRS = """import torch
+def balance_coefficient(indices, E):
+    counts = torch.bincount(indices.reshape(-1), minlength=E)
+    return counts.min().item() / (indices.shape[0] / E)  # wrong for k > 1: the ideal load is T·k/E
+"""
+ROUTER_WITHOUT_RENORMALIZATION = """import torch
+def route_top_k(logits, k):
+    weights, indices = torch.topk(torch.softmax(logits, dim=-1), k, dim=-1)
+    return indices, weights
+"""
+NEVER_RETURNS = """def balance_coefficient(indices, E):
+    while True:
+        pass
+"""
+WARNS = """import warnings
+import torch
+def route_top_k(logits, k):
+    warnings.warn("this router prints a warning", UserWarning)
+    weights, indices = torch.topk(torch.softmax(logits, dim=-1), k, dim=-1)
+    return indices, weights / weights.sum(dim=-1, keepdim=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def graded_02(tmp_path_factory):
+    """One autograde run of assignment 02 over a class of students with typical and hostile submissions."""
+    a = "02_moe_layer"
+    tmp = tmp_path_factory.mktemp("course02")
+    students = {
+        "solution": submission(tmp, "solution", a),
+        "untouched": REPO / "exercises" / a,
+        "hidden_fail": submission(tmp, "hidden_fail", a, replace("balance_coefficient", RATIO_OF_TOKENS_NOT_PAIRS)),
+        "edited_test": submission(
+            tmp,
+            "edited_test",
+            a,
+            both(replace("route_top_k", ROUTER_WITHOUT_RENORMALIZATION), replace("test_route_top_k", "pass")),
+        ),
+        "deleted_test": submission(tmp, "deleted_test", a, delete("test_dispatch_order")),
+        "infinite_loop": submission(tmp, "infinite_loop", a, replace("balance_coefficient", NEVER_RETURNS)),
+        "warnings": submission(tmp, "warnings", a, replace("route_top_k", WARNS)),
+    }
+    course = tmp / "course"
+    course.mkdir()
+    scores = grade_submissions(REPO, a, students, course, "--Execute.timeout=15")
+    by_part = {s: {p.part: (p.score, p.max_score) for p in parts} for s, parts in scores.items()}
+    return course, by_part
+
+
+def full_marks_except(parts: dict, *failed: str) -> None:
+    for part, (score, max_score) in parts.items():
+        assert score == (0 if part in failed else max_score), f"{part}: {score}/{max_score}"
+
+
+def test_solution_scores_full_marks(graded_02):
+    _, by_part = graded_02
+    assert len(by_part["solution"]) >= 4
+    full_marks_except(by_part["solution"])
+
+
+def test_untouched_student_notebook_scores_zero(graded_02):
+    _, by_part = graded_02
+    assert sum(score for score, _ in by_part["untouched"].values()) == 0
+
+
+def test_hidden_tests_take_points_the_visible_ones_give(graded_02):
+    full_marks_except(graded_02[1]["hidden_fail"], "test_balance_coefficient")
+
+
+def test_an_edited_test_cell_is_restored(graded_02):
+    full_marks_except(graded_02[1]["edited_test"], "test_route_top_k")
+
+
+def test_a_deleted_test_cell_is_restored_and_run(graded_02):
+    course, by_part = graded_02
+    full_marks_except(by_part["deleted_test"])
+    graded = load(course / "autograded" / "deleted_test" / "02_moe_layer" / "02_moe_layer.ipynb")
+    assert cell(graded, "test_dispatch_order")["outputs"] == []  # ran, passed silently
+
+
+def test_an_infinite_loop_is_stopped_and_the_rest_graded(graded_02):
+    full_marks_except(graded_02[1]["infinite_loop"], "test_balance_coefficient")
+
+
+def test_warnings_on_stderr_do_not_zero_a_correct_answer(graded_02):
+    full_marks_except(graded_02[1]["warnings"])
+
+
+def test_feedback_and_grade_export(graded_02):
+    course, by_part = graded_02
+    assert (course / "feedback" / "solution" / "02_moe_layer" / "02_moe_layer.html").is_file()
+    run_nbgrader(course, "export", "--to=grades.csv")
+    rows = (course / "grades.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(by_part)  # header + one row per student
+
+
+@pytest.mark.parametrize("assignment", [a for a in ASSIGNMENTS if a != "02_moe_layer"])
+def test_other_assignments_grade_full_and_zero(assignment, tmp_path):
+    students = {"solution": submission(tmp_path, "solution", assignment), "untouched": REPO / "exercises" / assignment}
+    (tmp_path / "course").mkdir()
+    scores = grade_submissions(REPO, assignment, students, tmp_path / "course")
+    assert len(scores["solution"]) >= 4
+    assert all(p.score == p.max_score > 0 for p in scores["solution"])
+    assert all(p.score == 0 for p in scores["untouched"])
+
+
+def test_learner_command_prints_scores_and_feedback_path(tmp_path, capsys):
+    """`make grade` on a learner's copy: a course folder whose exercises/ holds a finished notebook."""
+    a = "01_dense_vs_sparse_flops"
+    shutil.copy(REPO / "nbgrader_config.py", tmp_path)
+    shutil.copytree(REPO / "solutions", tmp_path / "solutions")
+    shutil.copytree(REPO / "solutions" / a, tmp_path / "exercises" / a)
+    assert main([a, "--repo", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "test_moe_row" in out
+    report = tmp_path / "feedback" / a / f"{a}.html"
+    assert f"Feedback report: {report}" in out and report.is_file()
+
+
+def test_unknown_assignment_is_named(tmp_path):
+    with pytest.raises(ValueError, match="assignment"):
+        release(REPO, "99_nothing", tmp_path)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_exercises_are_generated_from_solutions(assignment, tmp_path):
+    release(REPO, assignment, tmp_path)
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    committed = REPO / "exercises" / assignment
+    assert generated == sorted(p.relative_to(committed) for p in committed.rglob("*") if p.is_file())
+    for name in generated:
+        assert (committed / name).read_bytes() == (tmp_path / name).read_bytes(), f"{name} differs: run make exercises"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_no_solution_or_hidden_test_leaks(assignment):
+    solution = load(REPO / "solutions" / assignment / f"{assignment}.ipynb")
+    student = load(REPO / "exercises" / assignment / f"{assignment}.ipynb")
+    text = json.dumps(student["cells"])
+    assert "BEGIN SOLUTION" not in text and "BEGIN HIDDEN TESTS" not in text
+    for c in solution["cells"]:
+        source = "".join(c["source"])
+        for marker in ("### BEGIN SOLUTION", "### BEGIN HIDDEN TESTS"):
+            if marker in source:
+                secret = source.split(marker)[1].split("### END")[0].strip()
+                assert secret and secret not in text, f"{c['metadata']['nbgrader']['grade_id']} leaked"
+    assert all(not c.get("outputs") for c in student["cells"] if c["cell_type"] == "code")
