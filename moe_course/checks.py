@@ -33,6 +33,16 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
+def check_expert_indices(indices: torch.Tensor, E: int) -> None:
+    """Check that ``indices`` is an int64 ``[T, k]`` tensor of expert ids in ``[0, E)``."""
+    check_positive_int("E", E)
+    if not isinstance(indices, torch.Tensor) or indices.dim() != 2 or indices.dtype != torch.int64:
+        shape = tuple(indices.shape) if isinstance(indices, torch.Tensor) else type(indices).__name__
+        raise ValueError(f"indices must be an int64 tensor of shape [T, k], got {shape}")
+    if indices.numel() and (indices.min() < 0 or indices.max() >= E):
+        raise ValueError(f"indices must lie in [0, E={E}), got values in [{indices.min()}, {indices.max()}]")
+
+
 def check_hidden(name: str, x: torch.Tensor, d_model: int) -> None:
     """Check that ``x`` is a floating-point tensor whose last dimension is ``d_model``."""
     if not isinstance(x, torch.Tensor):

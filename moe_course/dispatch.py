@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import check_positive_int
+from .checks import check_expert_indices
 
 
 @dataclass
@@ -29,11 +29,7 @@ class Dispatch:
 
 def sort_by_expert(indices: torch.Tensor, E: int) -> Dispatch:
     """Sort the (token, slot) pairs of ``indices: [T, k]`` (expert ids in ``[0, E)``) by expert."""
-    check_positive_int("E", E)
-    if indices.dim() != 2 or indices.dtype != torch.int64:
-        raise ValueError(f"indices must be an int64 tensor of shape [T, k], got {indices.dtype} {tuple(indices.shape)}")
-    if indices.numel() and (indices.min() < 0 or indices.max() >= E):
-        raise ValueError(f"indices must lie in [0, E={E}), got values in [{indices.min()}, {indices.max()}]")
+    check_expert_indices(indices, E)
     k = indices.shape[1]
     flat = indices.reshape(-1)
     order = torch.sort(flat, stable=True).indices

@@ -75,11 +75,17 @@ def ffn_share_of_layer(d_model: int, d_ff: int, gated: bool = False) -> float:
 
 def flop_matched_dense_d_ff(d_ff: int, k: int, s: int = 0) -> int:
     """Hidden size of the dense FFN that spends the same FLOPs per token as (k + s) experts of size d_ff."""
+    check_positive_int("d_ff", d_ff)
+    check_positive_int("k", k)
+    check_non_negative_int("s", s)
     return (k + s) * d_ff
 
 
 def param_matched_dense_d_ff(d_ff: int, E: int, s: int = 0) -> int:
     """Hidden size of the dense FFN that stores as many weights as (E + s) experts of size d_ff."""
+    check_positive_int("d_ff", d_ff)
+    check_positive_int("E", E)
+    check_non_negative_int("s", s)
     return (E + s) * d_ff
 
 
@@ -117,6 +123,12 @@ class ModelConfig:
             check_positive_int(name, getattr(self, name))
         check_top_k(self.k, self.E)
         check_non_negative_int("s", self.s)
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ValueError(
+                f"n_heads must divide d_model when head_dim is not given, got {self.n_heads}, {self.d_model}"
+            )
+        if self.head_dim is not None:
+            check_positive_int("head_dim", self.head_dim)
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"n_kv_heads must divide n_heads, got n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}"

@@ -23,7 +23,7 @@ def loop_moe(x: torch.Tensor, routing: Routing, experts: Experts) -> torch.Tenso
         if token.numel() == 0:
             continue  # an expert no token chose does no work
         out = experts.expert(e, x[token]) * routing.weights[token, slot].unsqueeze(-1).to(x.dtype)
-        y = y.index_add(0, token, out)
+        y.index_add_(0, token, out)
     return y
 
 
@@ -56,10 +56,11 @@ class MoELayer(nn.Module):
         activation: str = "swiglu",
         backend: str = "vectorized",
         order: str = "softmax_then_topk",
+        renormalize: bool = True,
     ):
         super().__init__()
         check_choice("backend", backend, BACKENDS)
-        self.router = TopKRouter(d_model, E, k, order)
+        self.router = TopKRouter(d_model, E, k, order, renormalize)
         self.experts = Experts(E, d_model, d_ff, activation)
         self.d_model, self.E, self.k, self.backend = d_model, E, k, backend
         self.last_routing: Routing | None = None
@@ -81,12 +82,16 @@ def MoE(
     k: int = 2,
     d_ff: int | None = None,
     backend: str = "vectorized",
+    order: str = "softmax_then_topk",
+    renormalize: bool = True,
 ) -> MoELayer:
     """One-call constructor in the spirit of DeepSpeed's ``MoE(hidden_size, expert, num_experts, k)``.
 
     ``expert`` is a template: an :class:`~moe_course.experts.FFN` (its d_ff and activation are used; each of
     the ``num_experts`` experts gets fresh weights) or an activation name, ``"swiglu"`` or ``"gelu"``, with
-    ``d_ff`` defaulting to ``4 · hidden_size``.
+    ``d_ff`` defaulting to ``4 · hidden_size``. ``order`` and ``renormalize`` go to the router: with k=1 and
+    renormalization the weight is always 1 and the router gets no gradient, so top-1 (Switch) layers use
+    ``renormalize=False``.
     """
     check_positive_int("hidden_size", hidden_size)
     if isinstance(expert, FFN):
@@ -99,4 +104,4 @@ def MoE(
         activation, d_ff = expert, d_ff or 4 * hidden_size
     else:
         raise ValueError(f"expert must be an FFN or an activation name, got {type(expert).__name__}")
-    return MoELayer(hidden_size, d_ff, num_experts, k, activation=activation, backend=backend)
+    return MoELayer(hidden_size, d_ff, num_experts, k, activation, backend, order, renormalize)

@@ -2,12 +2,12 @@
 
 import torch
 
-from .checks import check_positive_int
+from .checks import check_expert_indices
 
 
 def expert_load(indices: torch.Tensor, E: int) -> torch.Tensor:
     """Tokens per expert: indices: [T, k] expert ids -> counts: [E] (int64), summing to T·k."""
-    check_positive_int("E", E)
+    check_expert_indices(indices, E)
     return torch.bincount(indices.reshape(-1), minlength=E)
 
 

@@ -33,6 +33,13 @@ class Routing:
         return self.logits.shape[-1]
 
 
+def check_order(order: str, renormalize: bool) -> None:
+    """``renormalize=False`` only exists for softmax-then-top-k: a softmax over the top k always sums to 1."""
+    check_choice("order", order, ORDERS)
+    if order == "topk_then_softmax" and not renormalize:
+        raise ValueError("renormalize=False needs order='softmax_then_topk' (a softmax over the top k sums to 1)")
+
+
 def top_k_routing(logits: torch.Tensor, k: int, order: str = "softmax_then_topk", renormalize: bool = True) -> Routing:
     """Pick each token's top-k experts from router ``logits: [T, E]`` and compute their weights.
 
@@ -47,7 +54,7 @@ def top_k_routing(logits: torch.Tensor, k: int, order: str = "softmax_then_topk"
             f"logits must be a floating-point tensor of shape [T, E], got {getattr(logits, 'shape', logits)}"
         )
     check_top_k(k, logits.shape[1])
-    check_choice("order", order, ORDERS)
+    check_order(order, renormalize)
     probs = torch.softmax(logits, dim=-1)
     if order == "topk_then_softmax":
         top_logits, indices = torch.topk(logits, k, dim=-1)
@@ -66,7 +73,7 @@ class TopKRouter(nn.Module):
         super().__init__()
         check_positive_int("d_model", d_model)
         check_top_k(k, E)
-        check_choice("order", order, ORDERS)
+        check_order(order, renormalize)
         self.d_model, self.E, self.k, self.order, self.renormalize = d_model, E, k, order, renormalize
         self.gate = nn.Linear(d_model, E, bias=False)
 

@@ -40,6 +40,8 @@ def test_empty_batch():
         (lambda: sort_by_expert(torch.tensor([[0, 4]]), E=4), "indices"),
         (lambda: sort_by_expert(torch.tensor([0, 1]), E=4), "indices"),
         (lambda: sort_by_expert(torch.tensor([[0, 1]]), E=0), "E"),
+        (lambda: expert_load(torch.tensor([[0, 4]]), E=4), "indices"),
+        (lambda: expert_load(torch.tensor([[0.0, 1.0]]), E=4), "indices"),
         (lambda: balance_coefficient(torch.zeros(4, dtype=torch.int64)), "counts"),
         (lambda: balance_coefficient(torch.zeros(2, 2, dtype=torch.int64)), "counts"),
     ],

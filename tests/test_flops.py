@@ -102,6 +102,9 @@ def test_per_token_time():
         (lambda: ffn_params(0, F), "d_model"),
         (lambda: ffn_params(D, 2.5), "d_ff"),
         (lambda: ModelConfig(100, 64, 2, n_heads=4, n_kv_heads=3, d_ff=128, E=8, k=2), "n_kv_heads"),
+        (lambda: ModelConfig(100, 64, 2, n_heads=5, n_kv_heads=5, d_ff=128, E=8, k=2), "n_heads"),
+        (lambda: flop_matched_dense_d_ff(0, k=2), "d_ff"),
+        (lambda: param_matched_dense_d_ff(128, E=0), "E"),
     ],
 )
 def test_bad_arguments_are_named(call, name):

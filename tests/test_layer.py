@@ -92,6 +92,9 @@ def test_moe_constructor():
     assert (moe.experts.d_ff, moe.experts.activation) == (24, "gelu")
     x = torch.randn(3, 16)
     torch.testing.assert_close(template(x), ffn(x, template.w1, template.w2, "gelu"))
+    switch = MoE(16, num_experts=4, k=1, renormalize=False)
+    switch(x).sum().backward()
+    assert switch.router.gate.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize(
@@ -108,6 +111,7 @@ def test_moe_constructor():
         (lambda: MoE(16, 3, num_experts=4), "expert"),
         (lambda: MoE(0, num_experts=4), "hidden_size"),
         (lambda: MoE(16, num_experts=4, k=6), "k"),
+        (lambda: MoE(16, num_experts=4, order="topk_then_softmax", renormalize=False), "renormalize"),
     ],
 )
 def test_bad_arguments_are_named(call, name):

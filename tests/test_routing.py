@@ -77,3 +77,22 @@ def test_empty_batch():
 def test_bad_arguments_are_named(call, name):
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
         call()
+
+
+def test_unnormalized_top1_router_gets_a_gradient():
+    torch.manual_seed(0)
+    router = TopKRouter(16, 8, 1, renormalize=False)
+    router(torch.randn(10, 16)).weights.sum().backward()
+    assert router.gate.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: top_k_routing(logits(), 2, "topk_then_softmax", renormalize=False),
+        lambda: TopKRouter(16, 8, 2, "topk_then_softmax", renormalize=False),
+    ],
+)
+def test_topk_then_softmax_cannot_skip_renormalization(call):
+    with pytest.raises(ValueError, match="renormalize"):
+        call()
