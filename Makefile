@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# JupyterLab refuses to run as root unless told; containers often are root.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/00_setup.ipynb
+	$(VENV)/bin/jupyter lab notebooks/00_setup.ipynb $(if $(filter 0,$(shell id -u)),--allow-root)
 
 lint: setup
 	$(VENV)/bin/ruff check moe_course tests benchmarks

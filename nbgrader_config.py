@@ -1,8 +1,7 @@
-"""nbgrader configuration: the course root is this folder; solutions/ is the source, exercises/ the release."""
+"""nbgrader configuration for the course run from this folder: solutions/ is the source, exercises/ the release."""
 
 c = get_config()  # noqa: F821 (provided by nbgrader)
 
-c.CourseDirectory.root = "."
 c.CourseDirectory.source_directory = "solutions"
 c.CourseDirectory.release_directory = "exercises"
 c.CourseDirectory.db_url = "sqlite:///gradebook.db"
