@@ -28,10 +28,6 @@ class Routing:
     probs: torch.Tensor
     logits: torch.Tensor
 
-    @property
-    def num_experts(self) -> int:
-        return self.logits.shape[-1]
-
 
 def check_order(order: str, renormalize: bool) -> None:
     """``renormalize=False`` only exists for softmax-then-top-k: a softmax over the top k always sums to 1."""
