@@ -12,7 +12,7 @@
 
 from .experts import FFN, Experts
 from .layer import MoE, MoELayer
-from .routing import Routing, TopKRouter, top_k_routing
+from .routing import Router, Routing, top_k_routing
 
 __version__ = "0.1.0"
-__all__ = ["FFN", "Experts", "MoE", "MoELayer", "Routing", "TopKRouter", "top_k_routing"]
+__all__ = ["FFN", "Experts", "MoE", "MoELayer", "Router", "Routing", "top_k_routing"]

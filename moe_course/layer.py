@@ -6,20 +6,22 @@ Backends compute the same function in different ways; ``loop`` is the readable r
 import torch
 from torch import nn
 
-from .checks import check_choice, check_hidden, check_positive_int
+from .capacity import POLICIES, capacity_keep, expert_capacity
+from .checks import check_choice, check_hidden, check_non_negative_int, check_positive_int
 from .dispatch import permute, sort_by_expert, unpermute_and_combine
 from .experts import FFN, Experts
-from .routing import Routing, TopKRouter
+from .routing import Router, Routing
 
 
 def loop_moe(x: torch.Tensor, routing: Routing, experts: Experts) -> torch.Tensor:
-    """Reference: for each expert, find its (token, slot) pairs, run it, and add the weighted outputs.
+    """Reference: for each expert, find its kept (token, slot) pairs, run it, and add the weighted outputs.
 
     x: [T, d_model] -> [T, d_model]
     """
     y = torch.zeros_like(x)
+    kept = routing.kept()
     for e in range(experts.E):
-        token, slot = torch.where(routing.indices == e)
+        token, slot = torch.where((routing.indices == e) & kept)
         if token.numel() == 0:
             continue  # an expert no token chose does no work
         out = experts.expert(e, x[token]) * routing.weights[token, slot].unsqueeze(-1).to(x.dtype)
@@ -32,7 +34,7 @@ def vectorized_moe(x: torch.Tensor, routing: Routing, experts: Experts) -> torch
 
     x: [T, d_model] -> [T, d_model]. One gather and one scatter replace the loop's E masks and index-adds.
     """
-    dispatch = sort_by_expert(routing.indices, experts.E)
+    dispatch = sort_by_expert(routing.indices, experts.E, routing.keep)
     blocks = torch.split(permute(x, dispatch), dispatch.counts.tolist())
     y_sorted = torch.cat([experts.expert(e, block) for e, block in enumerate(blocks)])
     return unpermute_and_combine(y_sorted, dispatch, routing.weights)
@@ -42,9 +44,15 @@ BACKENDS = {"loop": loop_moe, "vectorized": vectorized_moe}
 
 
 class MoELayer(nn.Module):
-    """A top-k routed MoE FFN: ``y = Σ_j weights[t, j] · expert_{indices[t, j]}(x_t)``.
+    """A routed MoE FFN: ``y_t = Σ_j weights[t, j] · expert_{indices[t, j]}(x_t)`` over the kept pairs, plus
+    ``n_shared`` always-on shared experts (one FFN of width ``n_shared · d_ff``, the same function).
 
-    After each call, ``last_routing`` holds the :class:`~moe_course.routing.Routing` of the flattened batch.
+    ``router`` names a method of :class:`~moe_course.routing.Router` (extra ``router_options`` go to it).
+    ``capacity_factor``: for token-choice routers, each expert takes at most ``ceil(cf · T · k / E)`` pairs and
+    the rest are dropped under ``drop_policy``; for ``"expert_choice"`` it sets each expert's capacity.
+    After each call, ``last_routing`` holds the routing of the flattened batch and ``last_stats`` what happened:
+    ``counts`` [E] (pairs each expert processed), ``dropped_pairs`` (removed by the capacity limit) and
+    ``unprocessed_tokens`` (tokens no expert processed).
     """
 
     def __init__(
@@ -55,15 +63,28 @@ class MoELayer(nn.Module):
         k: int,
         activation: str = "swiglu",
         backend: str = "vectorized",
-        order: str = "softmax_then_topk",
-        renormalize: bool = True,
+        router: str = "topk",
+        n_shared: int = 0,
+        capacity_factor: float | None = None,
+        drop_policy: str = "arrival",
+        **router_options,
     ):
         super().__init__()
         check_choice("backend", backend, BACKENDS)
-        self.router = TopKRouter(d_model, E, k, order, renormalize)
+        check_non_negative_int("n_shared", n_shared)
+        check_choice("drop_policy", drop_policy, POLICIES)
+        if capacity_factor is not None:
+            expert_capacity(1, E, 1, capacity_factor)  # validates capacity_factor
+        if router == "expert_choice":
+            router_options["capacity_factor"] = 1.0 if capacity_factor is None else capacity_factor
+        self.router = Router(d_model, E, k, router, **router_options)
         self.experts = Experts(E, d_model, d_ff, activation)
+        self.shared = FFN(d_model, n_shared * d_ff, activation) if n_shared else None
         self.d_model, self.E, self.k, self.backend = d_model, E, k, backend
+        self.capacity_factor = None if router == "expert_choice" else capacity_factor
+        self.drop_policy = drop_policy
         self.last_routing: Routing | None = None
+        self.last_stats: dict = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., d_model] -> [..., d_model]; leading dimensions are flattened into T tokens."""
@@ -71,8 +92,20 @@ class MoELayer(nn.Module):
         check_choice("backend", self.backend, BACKENDS)
         tokens = x.reshape(-1, self.d_model)
         routing = self.router(tokens)
+        if self.capacity_factor is not None:
+            capacity = expert_capacity(tokens.shape[0], self.E, self.k, self.capacity_factor)
+            routing.keep = capacity_keep(routing.indices, routing.weights, self.E, capacity, self.drop_policy)
+        kept = routing.kept()
         self.last_routing = routing
-        return BACKENDS[self.backend](tokens, routing, self.experts).reshape(x.shape)
+        self.last_stats = {
+            "counts": torch.bincount(routing.indices[kept], minlength=self.E),
+            "dropped_pairs": int((~kept).sum()) if self.capacity_factor is not None else 0,
+            "unprocessed_tokens": int((~kept.any(dim=1)).sum()),
+        }
+        y = BACKENDS[self.backend](tokens, routing, self.experts)
+        if self.shared is not None:
+            y = y + self.shared(tokens)
+        return y.reshape(x.shape)
 
 
 def MoE(
@@ -81,17 +114,16 @@ def MoE(
     num_experts: int = 8,
     k: int = 2,
     d_ff: int | None = None,
-    backend: str = "vectorized",
-    order: str = "softmax_then_topk",
-    renormalize: bool = True,
+    **layer_options,
 ) -> MoELayer:
     """One-call constructor in the spirit of DeepSpeed's ``MoE(hidden_size, expert, num_experts, k)``.
 
     ``expert`` is a template: an :class:`~moe_course.experts.FFN` (its d_ff and activation are used; each of
     the ``num_experts`` experts gets fresh weights) or an activation name, ``"swiglu"`` or ``"gelu"``, with
-    ``d_ff`` defaulting to ``4 · hidden_size``. ``order`` and ``renormalize`` go to the router: with k=1 and
-    renormalization the weight is always 1 and the router gets no gradient, so top-1 (Switch) layers use
-    ``renormalize=False``.
+    ``d_ff`` defaulting to ``4 · hidden_size``. ``layer_options`` go to :class:`MoELayer` (``backend``,
+    ``router``, ``n_shared``, ``capacity_factor``, router options such as ``renormalize``). With k=1 and
+    renormalization the weight is always 1 and the router gets no gradient, so top-1 layers use
+    ``router="switch"`` or ``renormalize=False``.
     """
     check_positive_int("hidden_size", hidden_size)
     if isinstance(expert, FFN):
@@ -104,4 +136,4 @@ def MoE(
         activation, d_ff = expert, d_ff or 4 * hidden_size
     else:
         raise ValueError(f"expert must be an FFN or an activation name, got {type(expert).__name__}")
-    return MoELayer(hidden_size, d_ff, num_experts, k, activation, backend, order, renormalize)
+    return MoELayer(hidden_size, d_ff, num_experts, k, activation, **layer_options)

@@ -23,3 +23,15 @@ def balance_coefficient(counts: torch.Tensor) -> float:
         raise ValueError("counts must contain at least one routed token (the ideal load T·k/E is 0)")
     ideal = total / counts.numel()
     return counts.min().item() / ideal
+
+
+def router_entropy(probs: torch.Tensor) -> float:
+    """Mean over tokens of the entropy of the router's distribution ``probs: [T, E]``, in nats.
+
+    ``log E`` for a router that cannot decide, 0 for one that is certain.
+    """
+    if probs.dim() != 2:
+        raise ValueError(f"probs must have shape [T, E], got {tuple(probs.shape)}")
+    if probs.shape[0] == 0:
+        return 0.0
+    return float(-(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean())

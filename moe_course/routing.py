@@ -1,6 +1,16 @@
-"""The router: score every expert for every token, keep the top k, and weight them.
+"""Routers: score every expert for every token, choose who processes what, and weight the answers.
 
-Shapes: T tokens, E experts, k experts per token.
+Every router function takes the router's ``logits: [T, E]`` and returns a :class:`Routing`, so the MoE layer, the
+losses and the capacity logic work with any of them. Shapes: T tokens, E experts, k experts per token.
+
+| function                 | method                                                         | weights sum to 1 |
+|--------------------------|----------------------------------------------------------------|------------------|
+| ``top_k_routing``        | softmax, top-k, renormalize (or Mixtral's top-k then softmax)  | yes (if renorm.) |
+| ``noisy_top_k_routing``  | Shazeer et al. 2017: Gaussian noise on the logits, then top-k  | yes              |
+| ``switch_routing``       | Switch Transformer: top-1, weight = its softmax probability    | no               |
+| ``expert_choice_routing``| Zhou et al. 2022: each expert picks its top-C tokens           | no               |
+| ``sigmoid_routing``      | DeepSeek-V3: sigmoid scores, a bias that only affects selection | yes             |
+| ``group_limited_routing``| DeepSeek-V2/V3: best groups (nodes) first, then experts in them | yes             |
 """
 
 from dataclasses import dataclass
@@ -8,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .checks import check_choice, check_hidden, check_positive_int, check_top_k
+from .capacity import expert_capacity
+from .checks import check_choice, check_hidden, check_non_negative_int, check_positive_int, check_top_k
 
 ORDERS = ("softmax_then_topk", "topk_then_softmax")
 
@@ -17,16 +28,30 @@ ORDERS = ("softmax_then_topk", "topk_then_softmax")
 class Routing:
     """What a router decided for a batch.
 
-    indices: [T, k]  the chosen experts of each token, distinct within a row (int64)
-    weights: [T, k]  the combine weight of each chosen expert
-    probs:   [T, E]  the full softmax over all experts (load-balancing losses need it)
+    indices: [T, k]  each token's experts, distinct within a row (int64)
+    weights: [T, k]  the combine weight of each (token, slot) pair
+    probs:   [T, E]  the router's distribution over all experts (softmax, or normalized sigmoid scores);
+                     load-balancing losses take their P_i from it
     logits:  [T, E]  the router's raw scores
+    keep:    [T, k]  bool, which pairs are processed; ``None`` means all (expert choice and capacity limits
+                     leave some pairs out: a dropped pair contributes nothing, the token keeps its residual)
     """
 
     indices: torch.Tensor
     weights: torch.Tensor
     probs: torch.Tensor
     logits: torch.Tensor
+    keep: torch.Tensor | None = None
+
+    def kept(self) -> torch.Tensor:
+        """The keep mask, all True when every pair is processed: [T, k] bool."""
+        return torch.ones_like(self.indices, dtype=torch.bool) if self.keep is None else self.keep
+
+
+def check_logits(logits) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a floating-point tensor of shape [T, E], got {shape}")
 
 
 def check_order(order: str, renormalize: bool) -> None:
@@ -36,44 +61,192 @@ def check_order(order: str, renormalize: bool) -> None:
         raise ValueError("renormalize=False needs order='softmax_then_topk' (a softmax over the top k sums to 1)")
 
 
-def top_k_routing(logits: torch.Tensor, k: int, order: str = "softmax_then_topk", renormalize: bool = True) -> Routing:
-    """Pick each token's top-k experts from router ``logits: [T, E]`` and compute their weights.
+def check_bias(bias, E: int) -> None:
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (E,)):
+        raise ValueError(f"bias must be a tensor of shape [E={E}], got {getattr(bias, 'shape', bias)}")
+
+
+def top_k_routing(
+    logits: torch.Tensor,
+    k: int,
+    order: str = "softmax_then_topk",
+    renormalize: bool = True,
+    bias: torch.Tensor | None = None,
+) -> Routing:
+    """Pick each token's top-k experts from ``logits: [T, E]`` and compute their weights.
 
     ``order="softmax_then_topk"``: softmax over all E experts, keep the k largest probabilities and, when
     ``renormalize``, divide them by their sum so the k weights add to 1.
     ``order="topk_then_softmax"`` (Mixtral): keep the k largest logits and softmax over those k only. Softmax is
     monotonic, so both orders choose the same experts, and with renormalization they give the same weights;
     they differ when ``renormalize=False``: then the first order's weights sum to less than 1.
+    ``bias: [E]`` is added to the scores for the *choice* only; the weights come from the unbiased scores.
     """
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
-        raise ValueError(
-            f"logits must be a floating-point tensor of shape [T, E], got {getattr(logits, 'shape', logits)}"
-        )
+    check_logits(logits)
     check_top_k(k, logits.shape[1])
     check_order(order, renormalize)
+    check_bias(bias, logits.shape[1])
     probs = torch.softmax(logits, dim=-1)
+    scores = probs if order == "softmax_then_topk" else logits
+    indices = torch.topk(scores if bias is None else scores + bias, k, dim=-1).indices
+    chosen = scores.gather(1, indices)
     if order == "topk_then_softmax":
-        top_logits, indices = torch.topk(logits, k, dim=-1)
-        weights = torch.softmax(top_logits, dim=-1)
+        weights = torch.softmax(chosen, dim=-1)
     else:
-        weights, indices = torch.topk(probs, k, dim=-1)
-        if renormalize:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights = chosen / chosen.sum(dim=-1, keepdim=True) if renormalize else chosen
     return Routing(indices=indices, weights=weights, probs=probs, logits=logits)
 
 
-class TopKRouter(nn.Module):
-    """A linear gate ``W_g: [d_model, E]`` (no bias) followed by :func:`top_k_routing`."""
+def noisy_top_k_routing(
+    logits: torch.Tensor, k: int, noise_std: torch.Tensor | float, generator: torch.Generator | None = None
+) -> Routing:
+    """Noisy top-k gating (Shazeer et al. 2017): ``H = logits + N(0, 1) · noise_std``, keep the top k of H,
+    softmax over them. ``noise_std`` ([T, E] or a float) is learned in the paper as ``softplus(x W_noise)``; the
+    noise lets a token sometimes try an expert just below its top k, which spreads the load. ``logits`` of the
+    returned Routing are the noisy ones."""
+    check_logits(logits)
+    noise = torch.randn(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    return top_k_routing(logits + noise * noise_std, k, order="topk_then_softmax")
 
-    def __init__(self, d_model: int, E: int, k: int, order: str = "softmax_then_topk", renormalize: bool = True):
+
+def switch_routing(logits: torch.Tensor) -> Routing:
+    """Switch Transformer top-1: the best expert, weighted by its softmax probability (not renormalized, so the
+    router gets a gradient through the weight)."""
+    return top_k_routing(logits, 1, renormalize=False)
+
+
+def expert_choice_routing(logits: torch.Tensor, capacity: int) -> Routing:
+    """Expert choice (Zhou et al. 2022): every expert takes the ``capacity`` tokens with the highest affinity.
+
+    Affinities are the softmax over experts. The result has one slot per expert: ``indices[t, e] = e``,
+    ``keep[t, e]`` says whether expert e chose token t, ``weights[t, e]`` is its affinity there (0 elsewhere).
+    Every expert processes exactly ``capacity`` tokens; a token may get several experts or none.
+    """
+    check_logits(logits)
+    T, E = logits.shape
+    check_non_negative_int("capacity", capacity)
+    if capacity > T:
+        raise ValueError(f"capacity must be at most the number of tokens T={T}, got {capacity}")
+    probs = torch.softmax(logits, dim=-1)
+    chosen = torch.topk(probs, capacity, dim=0).indices  # [capacity, E]: the tokens each expert takes
+    keep = torch.zeros(T, E, dtype=torch.bool, device=logits.device)
+    keep[chosen, torch.arange(E, device=logits.device)] = True
+    indices = torch.arange(E, device=logits.device).expand(T, E)
+    return Routing(indices=indices, weights=probs * keep, probs=probs, logits=logits, keep=keep)
+
+
+def sigmoid_routing(logits: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> Routing:
+    """DeepSeek-V3 gating: affinities ``s = sigmoid(logits)``, the top k of ``s + bias`` are chosen, and their
+    unbiased ``s`` normalized to sum to 1 are the weights. ``probs`` is ``s`` normalized over all experts."""
+    check_logits(logits)
+    check_top_k(k, logits.shape[1])
+    check_bias(bias, logits.shape[1])
+    scores = torch.sigmoid(logits)
+    indices = torch.topk(scores if bias is None else scores + bias, k, dim=-1).indices
+    chosen = scores.gather(1, indices)
+    probs = scores / scores.sum(dim=-1, keepdim=True)
+    return Routing(indices=indices, weights=chosen / chosen.sum(dim=-1, keepdim=True), probs=probs, logits=logits)
+
+
+def group_limited_routing(logits: torch.Tensor, k: int, n_groups: int, topk_groups: int) -> Routing:
+    """Group-limited routing (DeepSeek-V2): the E experts form ``n_groups`` equal groups (one per device or
+    node); each token first keeps the ``topk_groups`` groups holding its highest expert probability, then its
+    top k experts among those groups only. A token's experts then live on at most ``topk_groups`` devices,
+    which bounds its communication."""
+    check_logits(logits)
+    T, E = logits.shape
+    check_top_k(k, E)
+    check_positive_int("n_groups", n_groups)
+    check_positive_int("topk_groups", topk_groups)
+    if E % n_groups:
+        raise ValueError(f"n_groups must divide E={E}, got {n_groups}")
+    if topk_groups > n_groups:
+        raise ValueError(f"topk_groups must be at most n_groups={n_groups}, got {topk_groups}")
+    if k > topk_groups * (E // n_groups):
+        raise ValueError(f"k={k} must be at most the experts in the kept groups, {topk_groups * (E // n_groups)}")
+    probs = torch.softmax(logits, dim=-1)
+    group_scores = probs.view(T, n_groups, E // n_groups).amax(dim=-1)  # [T, n_groups]
+    groups = torch.topk(group_scores, topk_groups, dim=-1).indices
+    in_kept_group = torch.zeros(T, n_groups, dtype=torch.bool, device=logits.device)
+    in_kept_group.scatter_(1, groups, True)
+    masked = probs.masked_fill(~in_kept_group.repeat_interleave(E // n_groups, dim=1), -1.0)
+    indices = torch.topk(masked, k, dim=-1).indices
+    chosen = probs.gather(1, indices)
+    return Routing(indices=indices, weights=chosen / chosen.sum(dim=-1, keepdim=True), probs=probs, logits=logits)
+
+
+def jitter(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Router jitter (Switch Transformer): multiply the router's input by uniform noise in [1 - eps, 1 + eps]."""
+    if eps < 0:
+        raise ValueError(f"eps must be non-negative, got {eps}")
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x * (1 - eps + 2 * eps * noise)
+
+
+METHODS = ("topk", "noisy_topk", "switch", "expert_choice", "sigmoid", "group_limited")
+
+
+class Router(nn.Module):
+    """A linear gate ``W_g: [d_model, E]`` (no bias) followed by one of the routing methods above.
+
+    Options by method: ``topk`` takes ``order`` and ``renormalize``; ``group_limited`` needs ``n_groups`` and
+    ``topk_groups``; ``expert_choice`` uses ``capacity_factor`` (capacity ``ceil(cf · T · k / E)``).
+    ``noisy_topk`` adds a learned noise gate ``W_noise`` (noise only in training). ``jitter_eps`` > 0 applies
+    router jitter in training. The buffer ``bias: [E]`` shifts the selection of ``topk`` and ``sigmoid``
+    routing; :func:`moe_course.losses.update_bias` moves it (auxiliary-loss-free balancing).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        E: int,
+        k: int,
+        method: str = "topk",
+        *,
+        order: str = "softmax_then_topk",
+        renormalize: bool = True,
+        n_groups: int | None = None,
+        topk_groups: int | None = None,
+        capacity_factor: float = 1.0,
+        jitter_eps: float = 0.0,
+    ):
         super().__init__()
         check_positive_int("d_model", d_model)
         check_top_k(k, E)
+        check_choice("method", method, METHODS)
         check_order(order, renormalize)
-        self.d_model, self.E, self.k, self.order, self.renormalize = d_model, E, k, order, renormalize
+        if method == "switch" and k != 1:
+            raise ValueError(f"k must be 1 for switch routing, got {k}")
+        if method == "group_limited":
+            group_limited_routing(torch.zeros(1, E), k, n_groups, topk_groups)  # validate the groups now
+        if capacity_factor <= 0:
+            raise ValueError(f"capacity_factor must be positive, got {capacity_factor}")
+        if jitter_eps < 0:
+            raise ValueError(f"jitter_eps must be non-negative, got {jitter_eps}")
+        self.d_model, self.E, self.k, self.method = d_model, E, k, method
+        self.order, self.renormalize = order, renormalize
+        self.n_groups, self.topk_groups = n_groups, topk_groups
+        self.capacity_factor, self.jitter_eps = capacity_factor, jitter_eps
         self.gate = nn.Linear(d_model, E, bias=False)
+        self.noise_gate = nn.Linear(d_model, E, bias=False) if method == "noisy_topk" else None
+        self.register_buffer("bias", torch.zeros(E))
 
     def forward(self, x: torch.Tensor) -> Routing:
         """x: [T, d_model] -> Routing for T tokens."""
         check_hidden("x", x, self.d_model)
-        return top_k_routing(self.gate(x), self.k, self.order, self.renormalize)
+        if self.training and self.jitter_eps > 0:
+            x = jitter(x, self.jitter_eps)
+        logits = self.gate(x)
+        if self.method == "topk":
+            return top_k_routing(logits, self.k, self.order, self.renormalize, self.bias)
+        if self.method == "noisy_topk":
+            noise_std = nn.functional.softplus(self.noise_gate(x)) if self.training else 0.0
+            return noisy_top_k_routing(logits, self.k, noise_std)
+        if self.method == "switch":
+            return switch_routing(logits)
+        if self.method == "sigmoid":
+            return sigmoid_routing(logits, self.k, self.bias)
+        if self.method == "group_limited":
+            return group_limited_routing(logits, self.k, self.n_groups, self.topk_groups)
+        capacity = min(expert_capacity(x.shape[0], self.E, self.k, self.capacity_factor), x.shape[0])
+        return expert_choice_routing(logits, capacity)

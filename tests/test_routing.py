@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from moe_course.routing import TopKRouter, top_k_routing
+from moe_course.routing import Router, top_k_routing
 
 
 def logits(T=32, E=8, seed=0):
@@ -41,7 +41,7 @@ def test_top1_after_topk_softmax_gives_the_router_no_gradient():
 
 def test_router_gradient_reaches_the_gate():
     torch.manual_seed(0)
-    router = TopKRouter(16, 8, 2)
+    router = Router(16, 8, 2)
     x = torch.randn(10, 16)
     r = router(x)
     (r.weights * torch.arange(2.0)).sum().backward()
@@ -51,14 +51,14 @@ def test_router_gradient_reaches_the_gate():
 def test_router_is_deterministic_under_a_seed():
     def run():
         torch.manual_seed(3)
-        return TopKRouter(16, 8, 2)(torch.randn(5, 16))
+        return Router(16, 8, 2)(torch.randn(5, 16))
 
     a, b = run(), run()
     assert torch.equal(a.indices, b.indices) and torch.equal(a.weights, b.weights)
 
 
 def test_empty_batch():
-    r = TopKRouter(16, 8, 2)(torch.randn(0, 16))
+    r = Router(16, 8, 2)(torch.randn(0, 16))
     assert r.indices.shape == (0, 2) and r.weights.shape == (0, 2)
 
 
@@ -69,9 +69,9 @@ def test_empty_batch():
         (lambda: top_k_routing(logits(E=4), 0), "k"),
         (lambda: top_k_routing(logits(E=4), 2, order="sideways"), "order"),
         (lambda: top_k_routing(torch.zeros(4, 4, dtype=torch.int64), 2), "logits"),
-        (lambda: TopKRouter(16, 4, 5), "k"),
-        (lambda: TopKRouter(16, 4, 2)(torch.randn(3, 15)), "x"),
-        (lambda: TopKRouter(16, 4, 2)(torch.ones(3, 16, dtype=torch.int64)), "x"),
+        (lambda: Router(16, 4, 5), "k"),
+        (lambda: Router(16, 4, 2)(torch.randn(3, 15)), "x"),
+        (lambda: Router(16, 4, 2)(torch.ones(3, 16, dtype=torch.int64)), "x"),
     ],
 )
 def test_bad_arguments_are_named(call, name):
@@ -81,7 +81,7 @@ def test_bad_arguments_are_named(call, name):
 
 def test_unnormalized_top1_router_gets_a_gradient():
     torch.manual_seed(0)
-    router = TopKRouter(16, 8, 1, renormalize=False)
+    router = Router(16, 8, 1, renormalize=False)
     router(torch.randn(10, 16)).weights.sum().backward()
     assert router.gate.weight.grad.abs().sum() > 0
 
@@ -90,7 +90,7 @@ def test_unnormalized_top1_router_gets_a_gradient():
     "call",
     [
         lambda: top_k_routing(logits(), 2, "topk_then_softmax", renormalize=False),
-        lambda: TopKRouter(16, 8, 2, "topk_then_softmax", renormalize=False),
+        lambda: Router(16, 8, 2, order="topk_then_softmax", renormalize=False),
     ],
 )
 def test_topk_then_softmax_cannot_skip_renormalization(call):

@@ -1,0 +1,68 @@
+"""Expert capacity: how many (token, slot) pairs an expert may take, which pairs are dropped, and the cost of
+padding every expert's queue to a fixed size.
+
+A dropped pair is simply not processed: its weight contributes nothing, so a token whose every pair is dropped
+leaves the MoE layer with output 0 and continues on the residual path only.
+"""
+
+import math
+
+import torch
+
+from .checks import check_choice, check_expert_indices, check_non_negative_int, check_positive_int
+
+POLICIES = ("arrival", "priority")
+
+
+def expert_capacity(T: int, E: int, k: int, capacity_factor: float) -> int:
+    """C = ceil(capacity_factor · T · k / E): the pairs one expert may take when the load were perfectly even
+    (T·k/E), times the slack ``capacity_factor``."""
+    check_non_negative_int("T", T)
+    check_positive_int("E", E)
+    check_positive_int("k", k)
+    if not isinstance(capacity_factor, (int, float)) or isinstance(capacity_factor, bool) or capacity_factor <= 0:
+        raise ValueError(f"capacity_factor must be a positive number, got {capacity_factor!r}")
+    return math.ceil(capacity_factor * T * k / E)
+
+
+def capacity_keep(
+    indices: torch.Tensor, weights: torch.Tensor, E: int, capacity: int, policy: str = "arrival"
+) -> torch.Tensor:
+    """Which pairs fit: indices, weights: [T, k] -> keep: [T, k] bool, at most ``capacity`` kept per expert.
+
+    Experts fill their queues in a fixed sequence of pairs:
+    - ``"arrival"`` (GShard, Switch): first choices before second choices, each in token order — pair (t, j)
+      arrives at position j·T + t;
+    - ``"priority"`` (batch-prioritized routing, Riquelme et al. 2021): pairs with larger router weight first,
+      ties in arrival order.
+    """
+    check_expert_indices(indices, E)
+    check_non_negative_int("capacity", capacity)
+    check_choice("policy", policy, POLICIES)
+    if weights.shape != indices.shape:
+        raise ValueError(f"weights must have the shape of indices {tuple(indices.shape)}, got {tuple(weights.shape)}")
+    T, k = indices.shape
+    sequence = torch.arange(T * k, device=indices.device).view(T, k).T.reshape(-1)  # pair ids in arrival order
+    if policy == "priority":
+        sequence = sequence[torch.sort(-weights.detach().reshape(-1)[sequence], stable=True).indices]
+    experts = indices.reshape(-1)[sequence]
+    by_expert = torch.sort(experts, stable=True).indices  # queue order within each expert
+    counts = torch.bincount(experts, minlength=E)
+    position = torch.arange(T * k, device=indices.device) - (torch.cumsum(counts, 0) - counts)[experts[by_expert]]
+    keep = torch.zeros(T * k, dtype=torch.bool, device=indices.device)
+    keep[sequence[by_expert]] = position < capacity
+    return keep.view(T, k)
+
+
+def padding_waste(counts: torch.Tensor, capacity: int | None = None) -> float:
+    """Fraction of an ``[E, C]`` expert buffer that is padding, when every expert's queue is padded to C rows.
+
+    counts: [E] pairs each expert processes; C defaults to the longest queue (``max(counts)``).
+    """
+    if counts.dim() != 1 or counts.numel() == 0:
+        raise ValueError(f"counts must be a 1-D tensor with one entry per expert, got shape {tuple(counts.shape)}")
+    C = int(counts.max()) if capacity is None else capacity
+    if C < int(counts.max()):
+        raise ValueError(f"capacity must hold the longest queue ({int(counts.max())}), got {C}")
+    slots = C * counts.numel()
+    return 0.0 if slots == 0 else 1 - int(counts.sum()) / slots

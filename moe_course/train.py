@@ -1,0 +1,121 @@
+"""Train the tiny language model, with a choice of load balancing, and record what the routers do."""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .checks import check_choice, check_positive_int
+from .load import router_entropy
+from .losses import sequence_aux_loss, switch_aux_loss, update_bias, z_loss
+from .model import TinyLM
+from .text import get_batch
+
+BALANCING = ("none", "aux", "seq_aux", "z+aux", "bias")
+
+
+@dataclass
+class TrainConfig:
+    """``balance``: ``"none"``; ``"aux"`` adds ``aux_weight`` × the Switch loss; ``"seq_aux"`` its per-sequence
+    variant; ``"z+aux"`` adds ``z_weight`` × the z-loss too; ``"bias"`` moves each router's selection bias by
+    ``bias_gamma`` after every step (auxiliary-loss-free). Losses are averaged over the MoE layers."""
+
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 3e-3
+    seed: int = 0
+    balance: str = "none"
+    aux_weight: float = 0.01
+    z_weight: float = 0.001
+    bias_gamma: float = 0.001
+    eval_batches: int = 8
+    progress: bool = True
+
+    def __post_init__(self):
+        check_positive_int("steps", self.steps)
+        check_positive_int("batch_size", self.batch_size)
+        check_choice("balance", self.balance, BALANCING)
+
+
+@dataclass
+class History:
+    """Per step: ``loss`` (language-model loss), ``aux_loss`` and ``z_loss`` (mean over MoE layers, whether or
+    not they were trained on), and per MoE layer ``counts`` [E] (pairs each expert processed), ``entropy`` and
+    ``dropped`` (pairs dropped by a capacity limit). ``val_loss`` is measured after the last step."""
+
+    loss: list = field(default_factory=list)
+    aux_loss: list = field(default_factory=list)
+    z_loss: list = field(default_factory=list)
+    counts: list = field(default_factory=list)
+    entropy: list = field(default_factory=list)
+    dropped: list = field(default_factory=list)
+    val_loss: float = float("nan")
+
+    def counts_tensor(self) -> torch.Tensor:
+        """The per-expert counts as one tensor [steps, layers, E]."""
+        return torch.stack([torch.stack(step) for step in self.counts])
+
+
+def balancing_losses(model: TinyLM, seq_len: int) -> dict:
+    """Switch, sequence-wise and z losses of the last forward pass, averaged over the MoE layers."""
+    layers = model.moe_layers()
+    routings = [layer.last_routing for layer in layers]
+    return {
+        "aux": torch.stack([switch_aux_loss(r.probs, r.indices) for r in routings]).mean(),
+        "seq_aux": torch.stack([sequence_aux_loss(r.probs, r.indices, seq_len) for r in routings]).mean(),
+        "z": torch.stack([z_loss(r.logits) for r in routings]).mean(),
+    }
+
+
+@torch.no_grad()
+def evaluate(model: TinyLM, ids: torch.Tensor, batch_size: int, n_batches: int, seed: int = 0) -> float:
+    """Mean next-token cross-entropy over ``n_batches`` random batches of ``ids`` (the same ones for a seed)."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(n_batches):
+        x, y = get_batch(ids, batch_size, model.config.seq_len, g)
+        losses.append(F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item())
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def train(model: TinyLM, train_ids: torch.Tensor, val_ids: torch.Tensor, config: TrainConfig) -> History:
+    """AdamW on random batches of ``train_ids``; the same seed gives the same history."""
+    c = config
+    if c.balance != "none" and not model.moe_layers():
+        raise ValueError(f"balance={c.balance!r} needs a model with MoE layers")
+    torch.manual_seed(c.seed)
+    g = torch.Generator().manual_seed(c.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr)
+    history = History()
+    model.train()
+    for _ in tqdm(range(c.steps), disable=not c.progress, desc=f"training ({c.balance})"):
+        x, y = get_batch(train_ids, c.batch_size, model.config.seq_len, g)
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        total = loss
+        if model.moe_layers():
+            extra = balancing_losses(model, model.config.seq_len)
+            if c.balance in ("aux", "z+aux"):
+                total = total + c.aux_weight * extra["aux"]
+            if c.balance == "seq_aux":
+                total = total + c.aux_weight * extra["seq_aux"]
+            if c.balance == "z+aux":
+                total = total + c.z_weight * extra["z"]
+            history.aux_loss.append(extra["aux"].item())
+            history.z_loss.append(extra["z"].item())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        layers = model.moe_layers()
+        if c.balance == "bias":
+            for layer in layers:
+                update_bias(layer.router.bias, layer.last_stats["counts"], c.bias_gamma)
+        history.loss.append(loss.item())
+        history.counts.append([layer.last_stats["counts"] for layer in layers])
+        history.entropy.append([router_entropy(layer.last_routing.probs.detach()) for layer in layers])
+        history.dropped.append([layer.last_stats["dropped_pairs"] for layer in layers])
+    history.val_loss = evaluate(model, val_ids, c.batch_size, c.eval_batches)
+    return history
