@@ -117,3 +117,78 @@ def test_moe_constructor():
 def test_bad_arguments_are_named(call, name):
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
         call()
+
+
+@pytest.mark.parametrize("policy", ["arrival", "priority"])
+def test_capacity_layer_accounts_for_every_pair(policy):
+    torch.manual_seed(0)
+    T, E, k = 64, 4, 2
+    layer = MoELayer(16, 32, E, k, capacity_factor=0.5, drop_policy=policy)
+    with torch.no_grad():
+        layer.router.gate.weight[0] += 1.0  # a skewed router, so experts overflow
+    x = torch.randn(T, 16)
+    y = layer(x)
+    stats, routing = layer.last_stats, layer.last_routing
+    C = 16  # ceil(0.5 · 64 · 2 / 4)
+    assert (stats["counts"] <= C).all()
+    assert int(stats["counts"].sum()) + stats["dropped_pairs"] == T * k
+    assert stats["dropped_pairs"] > 0
+    # tokens with every pair dropped get exactly 0 from the layer: the residual carries them
+    unprocessed = ~routing.keep.any(dim=1)
+    assert int(unprocessed.sum()) == stats["unprocessed_tokens"]
+    assert (y[unprocessed] == 0).all()
+    layer.backend = "loop"
+    torch.testing.assert_close(layer(x), y, rtol=1e-5, atol=1e-5)
+
+
+def test_dropped_pairs_match_between_backends_with_gradients():
+    torch.manual_seed(1)
+    T, E, k = 30, 4, 2
+    experts = Experts(E, 8, 16)
+    routing = top_k_routing(torch.randn(T, E), k)
+    routing.keep = torch.rand(T, k, generator=torch.Generator().manual_seed(0)) > 0.4
+    assert_backends_agree(torch.randn(T, 8), routing, experts)
+
+
+def test_shared_experts_run_on_every_token():
+    torch.manual_seed(0)
+    layer = MoELayer(16, 32, E=4, k=1, n_shared=2, capacity_factor=0.01)
+    x = torch.randn(10, 16)
+    y = layer(x)
+    unprocessed = ~layer.last_routing.keep.any(dim=1)
+    assert unprocessed.any()
+    torch.testing.assert_close(y[unprocessed], layer.shared(x[unprocessed]))
+    assert layer.shared.d_ff == 64
+
+
+def test_expert_choice_layer_fills_every_expert():
+    torch.manual_seed(0)
+    layer = MoELayer(16, 32, E=4, k=2, router="expert_choice", capacity_factor=1.0)
+    layer(torch.randn(20, 16))
+    assert layer.last_stats["counts"].tolist() == [10, 10, 10, 10]  # ceil(1.0 · 20 · 2 / 4)
+    assert layer.last_stats["dropped_pairs"] == 0
+
+
+@pytest.mark.parametrize("router", ["noisy_topk", "switch", "sigmoid", "group_limited", "expert_choice"])
+def test_every_router_through_both_backends(router):
+    torch.manual_seed(0)
+    options = {"n_groups": 2, "topk_groups": 1} if router == "group_limited" else {}
+    layer = MoELayer(16, 32, E=4, k=1 if router == "switch" else 2, router=router, **options).eval()
+    x = torch.randn(12, 16)
+    y = layer(x)
+    layer.backend = "loop"
+    torch.testing.assert_close(layer(x), y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: MoELayer(16, 32, 4, 2, capacity_factor=0), "capacity_factor"),
+        (lambda: MoELayer(16, 32, 4, 2, capacity_factor=1.0, drop_policy="lifo"), "drop_policy"),
+        (lambda: MoELayer(16, 32, 4, 2, n_shared=-1), "n_shared"),
+        (lambda: MoELayer(16, 32, 4, 2, router="group_limited", n_groups=3, topk_groups=1), "n_groups"),
+    ],
+)
+def test_bad_layer_options_are_named(call, name):
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        call()

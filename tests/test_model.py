@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from moe_course.model import TinyLM, TinyLMConfig
+from moe_course.text import CharTokenizer, get_batch, load_corpus, split
+from moe_course.train import TrainConfig, train
+
+TEXT = load_corpus()
+TOKENS = CharTokenizer(TEXT)
+TRAIN, VAL = split(TOKENS.encode(TEXT))
+
+
+def small(**overrides):
+    config = dict(vocab_size=TOKENS.vocab_size, seq_len=32, d_model=32, n_layers=2, n_heads=2, d_ff=32, E=4, k=2)
+    config.update(overrides)
+    torch.manual_seed(0)
+    return TinyLM(TinyLMConfig(**config))
+
+
+def test_tokenizer_round_trip_and_corpus():
+    assert 100_000 < len(TEXT) < 500_000
+    assert TOKENS.decode(TOKENS.encode("def scale_2(values):")) == "def scale_2(values):"
+    with pytest.raises(ValueError, match="text"):
+        TOKENS.encode("€")
+
+
+def test_batches_are_next_token_shifted():
+    x, y = get_batch(TRAIN, 4, 16, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (4, 16)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_the_full_size_model_has_about_a_million_parameters():
+    torch.manual_seed(0)
+    model = TinyLM(TinyLMConfig(TOKENS.vocab_size))
+    assert 0.8e6 < sum(p.numel() for p in model.parameters()) < 1.2e6
+    assert len(model.moe_layers()) == 2
+
+
+@pytest.mark.parametrize("balance", ["none", "aux", "seq_aux", "z+aux", "bias"])
+def test_training_is_reproducible_and_learns(balance):
+    config = TrainConfig(steps=30, batch_size=8, balance=balance, progress=False)
+    a = train(small(), TRAIN, VAL, config)
+    b = train(small(), TRAIN, VAL, config)
+    assert a.loss == b.loss and a.val_loss == b.val_loss
+    assert sum(a.loss[-5:]) / 5 < sum(a.loss[:5]) / 5 - 0.5
+    counts = a.counts_tensor()
+    assert counts.shape == (30, 2, 4)
+    assert (counts.sum(-1) == 8 * 32 * 2).all()  # every pair processed: no capacity limit
+    assert len(a.entropy) == len(a.aux_loss) == len(a.z_loss) == 30
+
+
+def test_bias_balancing_moves_the_router_bias():
+    model = small()
+    train(model, TRAIN, VAL, TrainConfig(steps=5, batch_size=4, balance="bias", progress=False))
+    assert all(layer.router.bias.abs().sum() > 0 for layer in model.moe_layers())
+
+
+def test_capacity_drops_are_recorded():
+    model = small(moe_options={"capacity_factor": 0.5})
+    h = train(model, TRAIN, VAL, TrainConfig(steps=3, batch_size=4, progress=False))
+    assert all(d > 0 for step in h.dropped for d in step)
+    assert (h.counts_tensor().sum(-1) + torch.tensor(h.dropped) == 4 * 32 * 2).all()
+
+
+def test_dense_model_trains_and_rejects_balancing():
+    model = small(ffn="dense")
+    assert model.moe_layers() == []
+    h = train(model, TRAIN, VAL, TrainConfig(steps=3, batch_size=4, progress=False))
+    assert len(h.loss) == 3 and h.counts == [[], [], []]
+    with pytest.raises(ValueError, match="balance"):
+        train(model, TRAIN, VAL, TrainConfig(steps=3, balance="aux", progress=False))
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: TinyLMConfig(vocab_size=10, d_model=30, n_heads=4), "n_heads"),
+        (lambda: TinyLMConfig(vocab_size=10, ffn="sparse"), "ffn"),
+        (lambda: TrainConfig(balance="magic"), "balance"),
+        (lambda: TrainConfig(steps=0), "steps"),
+        (lambda: small()(torch.zeros(1, 40, dtype=torch.int64)), "idx"),
+        (lambda: get_batch(TRAIN[:10], 2, 16, torch.Generator()), "seq_len"),
+    ],
+)
+def test_bad_arguments_are_named(call, name):
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        call()
