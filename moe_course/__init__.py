@@ -1,13 +1,19 @@
 """moe_course: the library behind the Mixture-of-Experts course. One concept per module:
 
 - ``flops``    parameter and FLOP accounting (dense FFN, MoE FFN, whole models)
-- ``routing``  the top-k router
+- ``routing``  every router (top-k, noisy top-k, Switch, expert choice, sigmoid + bias, group-limited), jitter
 - ``experts``  expert FFNs (GELU MLP, SwiGLU) with stacked weights
 - ``dispatch`` sort (token, slot) pairs by expert, permute and un-permute
+- ``capacity`` expert capacity, which pairs are dropped, padding waste
 - ``layer``    the MoE layer and its backends (loop, vectorized), and the ``MoE`` constructor
-- ``load``     per-expert load and the balance coefficient
+- ``load``     per-expert load, the balance coefficient, router entropy
+- ``losses``   load balancing: Switch loss, sequence-wise loss, z-loss, the selection-bias update
+- ``text``     the course corpus, a character tokenizer, batches
+- ``model``    a tiny decoder-only language model with dense or MoE FFNs
+- ``train``    its seeded training loop, with balancing, recording what the routers do
 - ``env``      what this machine can run
 - ``grading``  self-check a learner's assignment with nbgrader
+- ``checks``   the argument checks the public functions share
 """
 
 from .experts import FFN, Experts

@@ -16,7 +16,8 @@ POLICIES = ("arrival", "priority")
 
 def expert_capacity(T: int, E: int, k: int, capacity_factor: float) -> int:
     """C = ceil(capacity_factor · T · k / E): the pairs one expert may take when the load were perfectly even
-    (T·k/E), times the slack ``capacity_factor``."""
+    (T·k/E), times the slack ``capacity_factor``. Computed in floating point in this order, as GShard- and
+    Switch-style code does, so a product a hair above an integer rounds up (1.1 · 50 / 5 → 12)."""
     check_non_negative_int("T", T)
     check_positive_int("E", E)
     check_positive_int("k", k)

@@ -50,8 +50,11 @@ def sort_by_expert(indices: torch.Tensor, E: int, keep: torch.Tensor | None = No
 
 
 def permute(x: torch.Tensor, dispatch: Dispatch) -> torch.Tensor:
-    """Gather token rows into expert order: x: [T, d] -> [kept pairs, d] (a token once per kept expert)."""
-    return x[dispatch.token_ids[: dispatch.num_kept]]
+    """Gather token rows into expert order: x: [T, d] -> [kept pairs, d] (a token once per kept expert).
+
+    ``index_select`` rather than ``x[ids]``: its backward adds a token's k gradient rows in a fixed order, so a
+    seeded training run is bit-for-bit reproducible."""
+    return x.index_select(0, dispatch.token_ids[: dispatch.num_kept])
 
 
 def unpermute_and_combine(y_sorted: torch.Tensor, dispatch: Dispatch, weights: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,10 @@ import torch
 from .checks import check_expert_indices, check_positive_int
 
 
-def _check_probs(probs: torch.Tensor) -> None:
-    if not isinstance(probs, torch.Tensor) or probs.dim() != 2 or not probs.is_floating_point():
-        raise ValueError(f"probs must be a floating-point tensor of shape [T, E], got {getattr(probs, 'shape', probs)}")
+def _check_scores(name: str, scores: torch.Tensor) -> None:
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or not scores.is_floating_point():
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"{name} must be a floating-point tensor of shape [T, E], got {got}")
 
 
 def switch_aux_loss(probs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -22,7 +23,7 @@ def switch_aux_loss(probs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     probabilities follow gives more. Mixtral-style code counts f_i per token (Σ f_i = k) and so reports k times
     this value. Gradients flow through P_i only: f_i comes from a discrete choice.
     """
-    _check_probs(probs)
+    _check_scores("probs", probs)
     T, E = probs.shape
     check_expert_indices(indices, E)
     if T == 0:
@@ -39,7 +40,7 @@ def sequence_aux_loss(probs: torch.Tensor, indices: torch.Tensor, seq_len: int) 
     puts all its tokens on few experts even when the batch as a whole is balanced.
     """
     check_positive_int("seq_len", seq_len)
-    _check_probs(probs)
+    _check_scores("probs", probs)
     if probs.shape[0] % seq_len:
         raise ValueError(f"seq_len={seq_len} must divide the number of tokens {probs.shape[0]}")
     losses = [switch_aux_loss(p, i) for p, i in zip(probs.split(seq_len), indices.split(seq_len), strict=True)]
@@ -51,7 +52,7 @@ def z_loss(logits: torch.Tensor) -> torch.Tensor:
 
     It keeps the router's logits small, where softmax is numerically stable and not saturated.
     """
-    _check_probs(logits)
+    _check_scores("logits", logits)
     if logits.shape[0] == 0:
         return logits.sum() * 0
     return torch.logsumexp(logits, dim=-1).pow(2).mean()

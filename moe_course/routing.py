@@ -80,7 +80,8 @@ def top_k_routing(
     ``order="topk_then_softmax"`` (Mixtral): keep the k largest logits and softmax over those k only. Softmax is
     monotonic, so both orders choose the same experts, and with renormalization they give the same weights;
     they differ when ``renormalize=False``: then the first order's weights sum to less than 1.
-    ``bias: [E]`` is added to the scores for the *choice* only; the weights come from the unbiased scores.
+    ``bias: [E]`` is added to the scores for the *choice* only; the weights come from the unbiased scores. The
+    scores are probabilities for the first order and logits for the second, so a bias means different amounts.
     """
     check_logits(logits)
     check_top_k(k, logits.shape[1])

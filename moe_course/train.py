@@ -57,15 +57,17 @@ class History:
         return torch.stack([torch.stack(step) for step in self.counts])
 
 
-def balancing_losses(model: TinyLM, seq_len: int) -> dict:
-    """Switch, sequence-wise and z losses of the last forward pass, averaged over the MoE layers."""
-    layers = model.moe_layers()
-    routings = [layer.last_routing for layer in layers]
-    return {
+def balancing_losses(model: TinyLM, seq_len: int, sequence_wise: bool = False) -> dict:
+    """Switch and z losses of the last forward pass, averaged over the MoE layers, and with ``sequence_wise``
+    the per-sequence Switch loss (``"seq_aux"``) too."""
+    routings = [layer.last_routing for layer in model.moe_layers()]
+    losses = {
         "aux": torch.stack([switch_aux_loss(r.probs, r.indices) for r in routings]).mean(),
-        "seq_aux": torch.stack([sequence_aux_loss(r.probs, r.indices, seq_len) for r in routings]).mean(),
         "z": torch.stack([z_loss(r.logits) for r in routings]).mean(),
     }
+    if sequence_wise:
+        losses["seq_aux"] = torch.stack([sequence_aux_loss(r.probs, r.indices, seq_len) for r in routings]).mean()
+    return losses
 
 
 @torch.no_grad()
@@ -97,7 +99,7 @@ def train(model: TinyLM, train_ids: torch.Tensor, val_ids: torch.Tensor, config:
         loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         total = loss
         if model.moe_layers():
-            extra = balancing_losses(model, model.config.seq_len)
+            extra = balancing_losses(model, model.config.seq_len, sequence_wise=c.balance == "seq_aux")
             if c.balance in ("aux", "z+aux"):
                 total = total + c.aux_weight * extra["aux"]
             if c.balance == "seq_aux":

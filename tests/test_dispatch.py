@@ -28,6 +28,25 @@ def test_round_trip_returns_each_token_times_its_weights():
     assert int(d.counts.sum()) == T * k
 
 
+def test_permute_gradient_is_each_tokens_sum_and_bit_reproducible():
+    torch.manual_seed(0)
+    T, k, E, d = 512, 4, 8, 16
+    indices = torch.stack([torch.randperm(E)[:k] for _ in range(T)])
+    dispatch = sort_by_expert(indices, E)
+    grad_out = torch.randn(T * k, d)
+
+    def grad():
+        x = torch.zeros(T, d, requires_grad=True)
+        permute(x, dispatch).backward(grad_out)
+        return x.grad
+
+    first = grad()
+    # the gradient of a token is the sum of the gradients of its k copies
+    expected = torch.zeros(T * k, d).index_copy(0, dispatch.order, grad_out).view(T, k, d).sum(1)
+    assert torch.allclose(first, expected, atol=1e-6)
+    assert all(torch.equal(first, grad()) for _ in range(5))
+
+
 def test_empty_batch():
     d = sort_by_expert(torch.zeros(0, 2, dtype=torch.int64), E=4)
     assert d.counts.tolist() == [0, 0, 0, 0]

@@ -78,6 +78,7 @@ def test_router_entropy():
     [
         (lambda: switch_aux_loss(torch.ones(4, 3) / 3, torch.tensor([[3]] * 4)), "indices"),
         (lambda: switch_aux_loss(torch.ones(4), torch.tensor([[0]] * 4)), "probs"),
+        (lambda: z_loss(torch.zeros(4)), "logits"),
         (lambda: update_bias(torch.zeros(4), torch.zeros(3), 0.1), "bias"),
         (lambda: update_bias(torch.zeros(4), torch.zeros(4), -0.1), "gamma"),
     ],
