@@ -152,14 +152,130 @@ def test_feedback_and_grade_export(graded_02):
     assert len(rows) == 1 + len(by_part)  # header + one row per student
 
 
+# Mistakes real code bases have made, each as a learner's answer: (grade_id of the answer cell, its source,
+# the test parts it must lose). Every other part must keep full marks.
+SOFTMAX_TWICE = """def switch_loss(logits, indices):
+    T, E = logits.shape
+    probs = torch.softmax(torch.softmax(logits, dim=-1), dim=-1)
+    f = torch.bincount(indices.reshape(-1), minlength=E).to(probs.dtype) / indices.numel()
+    return E * (f * probs.mean(dim=0)).sum()
+"""
+P_FROM_TOP_K_WEIGHTS = """def switch_loss(logits, indices):
+    T, E = logits.shape
+    top = torch.softmax(logits, dim=-1).gather(1, indices)
+    weights = torch.zeros_like(logits).scatter(1, indices, top / top.sum(dim=-1, keepdim=True))
+    f = torch.bincount(indices.reshape(-1), minlength=E).to(logits.dtype) / indices.numel()
+    return E * (f * weights.mean(dim=0)).sum()
+"""
+F_PER_TOKEN = """def switch_loss(logits, indices):
+    T, E = logits.shape
+    probs = torch.softmax(logits, dim=-1)
+    f = torch.bincount(indices.reshape(-1), minlength=E).to(probs.dtype) / T  # sums to k, not 1
+    return E * (f * probs.mean(dim=0)).sum()
+"""
+BIAS_UPDATE_REVERSED = """def bias_update(bias, counts, gamma):
+    load = counts.to(bias.dtype)
+    return bias + gamma * torch.sign(load - load.mean())
+"""
+KEEPS_C_PLUS_ONE = """def keep_arrival(indices, E, C):
+    T, k = indices.shape
+    keep = torch.zeros(T, k, dtype=torch.bool)
+    filled = [0] * E
+    for j in range(k):
+        for t in range(T):
+            e = indices[t, j].item()
+            if filled[e] <= C:
+                keep[t, j] = True
+                filled[e] += 1
+    return keep
+"""
+TOKEN_MAJOR_ARRIVAL = """def keep_arrival(indices, E, C):
+    T, k = indices.shape
+    keep = torch.zeros(T, k, dtype=torch.bool)
+    filled = [0] * E
+    for t in range(T):  # token by token: token 0's second choice arrives before token 1's first
+        for j in range(k):
+            e = indices[t, j].item()
+            if filled[e] < C:
+                keep[t, j] = True
+                filled[e] += 1
+    return keep
+"""
+MOE_LOSES_SECOND_CHOICES = """def moe_with_capacity(x, indices, weights, keep, experts):
+    y = torch.zeros_like(x)
+    for e in range(experts.E):
+        token = torch.where((indices[:, 0] == e) & keep[:, 0])[0]
+        if token.numel():
+            y = y.index_add(0, token, experts.expert(e, x[token]) * weights[token, 0].unsqueeze(-1))
+    return y
+"""
+MOE_TOKEN_LEVEL_KEEP = """def moe_with_capacity(x, indices, weights, keep, experts):
+    y = torch.zeros_like(x)
+    kept_token = keep.any(dim=1, keepdim=True).expand_as(keep)  # a token with one kept pair runs all of them
+    for e in range(experts.E):
+        token, slot = torch.where((indices == e) & kept_token)
+        if token.numel():
+            y = y.index_add(0, token, experts.expert(e, x[token]) * weights[token, slot].unsqueeze(-1))
+    return y
+"""
+MOE_RENORMALIZES_SURVIVORS = """def moe_with_capacity(x, indices, weights, keep, experts):
+    weights = weights * keep
+    weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    y = torch.zeros_like(x)
+    for e in range(experts.E):
+        token, slot = torch.where((indices == e) & keep)
+        if token.numel():
+            y = y.index_add(0, token, experts.expert(e, x[token]) * weights[token, slot].unsqueeze(-1))
+    return y
+"""
+EXPERT_CHOICE_SOFTMAX_OVER_TOKENS = """def expert_choice(logits, capacity):
+    affinity = torch.softmax(logits, dim=0)
+    chosen = torch.topk(affinity, capacity, dim=0).indices
+    keep = torch.zeros(logits.shape, dtype=torch.bool).scatter(0, chosen, True)
+    return keep, affinity * keep
+"""
+SIGMOID_WEIGHTS_WITH_BIAS = """def sigmoid_with_bias(logits, bias, k):
+    scores = torch.sigmoid(logits) + bias
+    indices = torch.topk(scores, k, dim=-1).indices
+    chosen = scores.gather(1, indices)
+    return indices, chosen / chosen.sum(dim=-1, keepdim=True)
+"""
+MISTAKES = {
+    "03_routing": {
+        "ec_softmax_over_tokens": ("expert_choice", EXPERT_CHOICE_SOFTMAX_OVER_TOKENS, ["test_expert_choice"]),
+        "bias_in_weights": ("sigmoid_with_bias", SIGMOID_WEIGHTS_WITH_BIAS, ["test_sigmoid_with_bias"]),
+    },
+    "04_load_balancing": {  # seq_loss builds on switch_loss; its safety net keeps one mistake from costing twice
+        "softmax_twice": ("switch_loss", SOFTMAX_TWICE, ["test_switch_loss"]),
+        "p_from_top_k": ("switch_loss", P_FROM_TOP_K_WEIGHTS, ["test_switch_loss"]),
+        "f_per_token": ("switch_loss", F_PER_TOKEN, ["test_switch_loss"]),
+        "bias_reversed": ("bias_update", BIAS_UPDATE_REVERSED, ["test_bias_update"]),
+    },
+    "05_capacity": {
+        "c_plus_one": ("keep_arrival", KEEPS_C_PLUS_ONE, ["test_keep_arrival"]),
+        "token_major": ("keep_arrival", TOKEN_MAJOR_ARRIVAL, ["test_keep_arrival"]),
+        "loses_pairs": ("moe_with_capacity", MOE_LOSES_SECOND_CHOICES, ["test_moe_with_capacity"]),
+        "token_level_keep": ("moe_with_capacity", MOE_TOKEN_LEVEL_KEEP, ["test_moe_with_capacity"]),
+        "renormalizes": ("moe_with_capacity", MOE_RENORMALIZES_SURVIVORS, ["test_moe_with_capacity"]),
+    },
+}
+
+
 @pytest.mark.parametrize("assignment", [a for a in ASSIGNMENTS if a != "02_moe_layer"])
-def test_other_assignments_grade_full_and_zero(assignment, tmp_path):
+def test_other_assignments_grade_full_zero_and_catch_known_mistakes(assignment, tmp_path):
+    mistakes = MISTAKES.get(assignment, {})
     students = {"solution": submission(tmp_path, "solution", assignment), "untouched": REPO / "exercises" / assignment}
+    for name, (grade_id, source, _) in mistakes.items():
+        students[name] = submission(tmp_path, name, assignment, replace(grade_id, source))
     (tmp_path / "course").mkdir()
     scores = grade_submissions(REPO, assignment, students, tmp_path / "course")
-    assert len(scores["solution"]) >= 4
-    assert all(p.score == p.max_score > 0 for p in scores["solution"])
-    assert all(p.score == 0 for p in scores["untouched"])
+    by_part = {s: {p.part: (p.score, p.max_score) for p in parts} for s, parts in scores.items()}
+    assert len(by_part["solution"]) >= 4
+    assert all(max_score > 0 for _, max_score in by_part["solution"].values())
+    full_marks_except(by_part["solution"])
+    assert sum(score for score, _ in by_part["untouched"].values()) == 0
+    for name, (_, _, failed) in mistakes.items():
+        full_marks_except(by_part[name], *failed)
 
 
 def test_learner_command_prints_scores_and_feedback_path(tmp_path, capsys):
