@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .checks import check_choice, check_expert_indices, check_non_negative_int, check_positive_int
+from .checks import check_choice, check_expert_indices, check_non_negative_int, check_number, check_positive_int
 
 POLICIES = ("arrival", "priority")
 
@@ -21,8 +21,7 @@ def expert_capacity(T: int, E: int, k: int, capacity_factor: float) -> int:
     check_non_negative_int("T", T)
     check_positive_int("E", E)
     check_positive_int("k", k)
-    if not isinstance(capacity_factor, (int, float)) or isinstance(capacity_factor, bool) or capacity_factor <= 0:
-        raise ValueError(f"capacity_factor must be a positive number, got {capacity_factor!r}")
+    check_number("capacity_factor", capacity_factor, positive=True)
     return math.ceil(capacity_factor * T * k / E)
 
 

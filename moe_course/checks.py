@@ -17,6 +17,13 @@ def check_non_negative_int(name: str, value) -> int:
     return value
 
 
+def check_number(name: str, value, positive: bool = False) -> float:
+    """Return ``value`` if it is a real number >= 0 (> 0 with ``positive``), else raise ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
+    return value
+
+
 def check_top_k(k, E) -> int:
     """Check 1 <= k <= E: a token cannot choose more distinct experts than exist."""
     check_positive_int("E", E)

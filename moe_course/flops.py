@@ -7,7 +7,7 @@ Biases, norms and the activation function are ignored in the FFN rows; the whole
 
 from dataclasses import dataclass
 
-from .checks import check_non_negative_int, check_positive_int, check_top_k
+from .checks import check_non_negative_int, check_number, check_positive_int, check_top_k
 
 
 def ffn_params(d_model: int, d_ff: int, gated: bool = False) -> int:
@@ -92,8 +92,8 @@ def param_matched_dense_d_ff(d_ff: int, E: int, s: int = 0) -> int:
 def per_token_time(k: int, tau: float, c: float) -> float:
     """Time per token when each of its k experts costs compute ``c`` and communication ``tau``: k·(c + tau)."""
     check_positive_int("k", k)
-    if tau < 0 or c < 0:
-        raise ValueError(f"tau and c must be non-negative, got tau={tau}, c={c}")
+    check_number("tau", tau)
+    check_number("c", c)
     return k * (c + tau)
 
 

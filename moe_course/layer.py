@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .capacity import POLICIES, capacity_keep, expert_capacity
-from .checks import check_choice, check_hidden, check_non_negative_int, check_positive_int
+from .checks import check_choice, check_hidden, check_non_negative_int, check_number, check_positive_int
 from .dispatch import permute, sort_by_expert, unpermute_and_combine
 from .experts import FFN, Experts
 from .routing import Router, Routing
@@ -74,7 +74,7 @@ class MoELayer(nn.Module):
         check_non_negative_int("n_shared", n_shared)
         check_choice("drop_policy", drop_policy, POLICIES)
         if capacity_factor is not None:
-            expert_capacity(1, E, 1, capacity_factor)  # validates capacity_factor
+            check_number("capacity_factor", capacity_factor, positive=True)
         if router == "expert_choice":
             router_options["capacity_factor"] = 1.0 if capacity_factor is None else capacity_factor
         self.router = Router(d_model, E, k, router, **router_options)

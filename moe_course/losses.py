@@ -6,7 +6,7 @@ to expert i (so Σ f_i = 1); ``P_i`` is the mean over tokens of the router's *fu
 
 import torch
 
-from .checks import check_expert_indices, check_positive_int
+from .checks import check_expert_indices, check_number, check_positive_int
 
 
 def _check_scores(name: str, scores: torch.Tensor) -> None:
@@ -67,8 +67,7 @@ def update_bias(bias: torch.Tensor, counts: torch.Tensor, gamma: float) -> torch
     """
     if bias.shape != counts.shape or bias.dim() != 1:
         raise ValueError(f"bias and counts must both have shape [E], got {tuple(bias.shape)}, {tuple(counts.shape)}")
-    if gamma < 0:
-        raise ValueError(f"gamma must be non-negative, got {gamma}")
+    check_number("gamma", gamma)
     load = counts.to(bias.dtype)
     bias += gamma * torch.sign(load.mean() - load)
     return bias

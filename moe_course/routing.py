@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from .capacity import expert_capacity
-from .checks import check_choice, check_hidden, check_non_negative_int, check_positive_int, check_top_k
+from .checks import (
+    check_choice,
+    check_hidden,
+    check_non_negative_int,
+    check_number,
+    check_positive_int,
+    check_top_k,
+)
 
 ORDERS = ("softmax_then_topk", "topk_then_softmax")
 
@@ -178,8 +185,7 @@ def group_limited_routing(logits: torch.Tensor, k: int, n_groups: int, topk_grou
 
 def jitter(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Router jitter (Switch Transformer): multiply the router's input by uniform noise in [1 - eps, 1 + eps]."""
-    if eps < 0:
-        raise ValueError(f"eps must be non-negative, got {eps}")
+    check_number("eps", eps)
     noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return x * (1 - eps + 2 * eps * noise)
 
@@ -220,10 +226,8 @@ class Router(nn.Module):
             raise ValueError(f"k must be 1 for switch routing, got {k}")
         if method == "group_limited":
             group_limited_routing(torch.zeros(1, E), k, n_groups, topk_groups)  # validate the groups now
-        if capacity_factor <= 0:
-            raise ValueError(f"capacity_factor must be positive, got {capacity_factor}")
-        if jitter_eps < 0:
-            raise ValueError(f"jitter_eps must be non-negative, got {jitter_eps}")
+        check_number("capacity_factor", capacity_factor, positive=True)
+        check_number("jitter_eps", jitter_eps)
         self.d_model, self.E, self.k, self.method = d_model, E, k, method
         self.order, self.renormalize = order, renormalize
         self.n_groups, self.topk_groups = n_groups, topk_groups

@@ -88,8 +88,10 @@ def test_matched_dense_sizes():
 
 def test_per_token_time():
     assert per_token_time(2, tau=1.0, c=3.0) == 8.0
-    with pytest.raises(ValueError, match="tau"):
+    with pytest.raises(ValueError, match=r"\btau\b"):
         per_token_time(2, tau=-1.0, c=1.0)
+    with pytest.raises(ValueError, match=r"\bc\b"):
+        per_token_time(2, tau=1.0, c="fast")
 
 
 @pytest.mark.parametrize(
