@@ -40,7 +40,20 @@ def vectorized_moe(x: torch.Tensor, routing: Routing, experts: Experts) -> torch
     return unpermute_and_combine(y_sorted, dispatch, routing.weights)
 
 
-BACKENDS = {"loop": loop_moe, "vectorized": vectorized_moe}
+def triton_moe(x: torch.Tensor, routing: Routing, experts: Experts) -> torch.Tensor:
+    """The fused Triton kernels (:mod:`moe_course.kernels`): gather, both GEMMs, activation and weighted combine.
+
+    x: [T, d_model] -> [T, d_model]. Imported on first use: importing the kernels picks Triton's interpreter on a
+    machine without a GPU, and Triton is not installed where it has no wheels (macOS).
+    """
+    from .kernels import fused_experts
+
+    return fused_experts(
+        x.contiguous(), routing.indices, routing.weights, experts.w1, experts.w2, experts.activation, routing.keep
+    )
+
+
+BACKENDS = {"loop": loop_moe, "vectorized": vectorized_moe, "triton": triton_moe}
 
 
 class MoELayer(nn.Module):
