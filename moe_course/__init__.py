@@ -5,7 +5,8 @@
 - ``experts``  expert FFNs (GELU MLP, SwiGLU) with stacked weights
 - ``dispatch`` sort (token, slot) pairs by expert, permute and un-permute
 - ``capacity`` expert capacity, which pairs are dropped, padding waste
-- ``layer``    the MoE layer and its backends (loop, vectorized), and the ``MoE`` constructor
+- ``kernels``  fused Triton expert kernels, forward and backward (Triton's interpreter without a GPU)
+- ``layer``    the MoE layer and its backends (loop, vectorized, triton), and the ``MoE`` constructor
 - ``load``     per-expert load, the balance coefficient, router entropy
 - ``losses``   load balancing: Switch loss, sequence-wise loss, z-loss, the selection-bias update
 - ``text``     the course corpus, a character tokenizer, batches
