@@ -26,6 +26,7 @@ import torch
 
 from moe_course.dispatch import permute, sort_by_expert, unpermute_and_combine
 from moe_course.experts import Experts, activate
+from moe_course.kernels import fused_experts
 from moe_course.layer import loop_moe, triton_moe, vectorized_moe
 from moe_course.routing import Routing
 
@@ -49,7 +50,19 @@ def grouped_mm_moe(x: torch.Tensor, routing: Routing, experts: Experts) -> torch
     return unpermute_and_combine(y, dispatch, routing.weights)
 
 
-BACKENDS = {"loop": loop_moe, "vectorized": vectorized_moe, "grouped_mm": grouped_mm_moe, "triton": triton_moe}
+def triton_atomic_moe(x: torch.Tensor, routing: Routing, experts: Experts) -> torch.Tensor:
+    """The Triton kernels with the top-k sum fused into the second GEMM (atomic adds) instead of a reduction."""
+    return fused_experts(x, routing.indices, routing.weights, experts.w1, experts.w2, experts.activation,
+                         routing.keep, combine="atomic")  # fmt: skip
+
+
+BACKENDS = {
+    "loop": loop_moe,
+    "vectorized": vectorized_moe,
+    "grouped_mm": grouped_mm_moe,
+    "triton": triton_moe,
+    "triton_atomic": triton_atomic_moe,
+}
 if not hasattr(torch, "_grouped_mm"):
     del BACKENDS["grouped_mm"]
 

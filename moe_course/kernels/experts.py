@@ -61,7 +61,7 @@ def _launch_options(x: torch.Tensor, blocks: Blocks) -> dict:
         BLOCK_N=blocks.block_n,
         BLOCK_K=blocks.block_k,
         UPCAST=INTERPRETED,
-        PRECISION="ieee" if INTERPRETED or x.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if INTERPRETED or x.dtype == torch.float32 else None,  # None: Triton's default
         num_warps=blocks.num_warps,
         num_stages=blocks.num_stages,
     )

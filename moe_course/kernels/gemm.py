@@ -12,7 +12,7 @@ kernel **gathers** token rows straight from the unpermuted input and no permuted
 Weights are addressed through explicit strides, so the backward reuses ``down_kernel`` with W1ᵀ.
 Accumulation is in fp32. ``UPCAST`` (the CPU interpreter) converts tiles to fp32 before ``tl.dot``, whose
 reduced-precision paths the interpreter does not compute correctly; ``PRECISION`` is ``"ieee"`` for fp32 inputs,
-so that a GPU does not silently round them to TF32.
+so that a GPU does not silently round them to TF32 (``None``, Triton's default, for fp16 and bf16).
 """
 
 import triton
