@@ -120,7 +120,7 @@ def check_on_cpu() -> int:
             y = backend(x, r, experts)
             y.backward(dy.to(x.dtype))
         except RuntimeError as error:  # torch._grouped_mm without a CPU kernel for this build or shape
-            print(f"{name:<12} not available here: {str(error).splitlines()[0]}")
+            print(f"{name:<14}not available here: {str(error).splitlines()[0]}")
             continue
         results[name] = (y.detach(), x.grad, weights.grad, experts.w1.grad, experts.w2.grad)
     failures = 0
@@ -130,7 +130,7 @@ def check_on_cpu() -> int:
         errors = [relative_error(a, b) for a, b in zip(got, results["reference"], strict=True)]
         ok = max(errors) < 1e-5
         failures += not ok
-        print(f"{name:<12} relative error y, dx, dweights, dw1, dw2: {', '.join(f'{e:.1e}' for e in errors)}  "
+        print(f"{name:<14}relative error y, dx, dweights, dw1, dw2: {', '.join(f'{e:.1e}' for e in errors)}  "
               f"{'ok' if ok else 'WRONG'}")  # fmt: skip
     return failures
 
