@@ -188,7 +188,7 @@ def benchmark(shapes: list, tokens: list, backends: list, device, dtype=torch.bf
                                          tflops_vs_dense_matmul=round(tflops / dense, 3),
                                          weight_gbps=round(gbps, 1), gbps_vs_copy=round(gbps / peak_copy, 3),
                                          rel_error_vs_vectorized=f"{error:.1e}"))  # fmt: skip
-                    print(f"{shape:<14}{kind:<8}{T:>6} {name:<11} fwd {forward:>10.1f} us  fwd+bwd {both:>10.1f} us  "
+                    print(f"{shape:<14}{kind:<8}{T:>6} {name:<14}fwd {forward:>10.1f} us  fwd+bwd {both:>10.1f} us  "
                           f"err {error:.1e}", flush=True)  # fmt: skip
         del experts
         if device.type == "cuda":
