@@ -240,6 +240,38 @@ SIGMOID_WEIGHTS_WITH_BIAS = """def sigmoid_with_bias(logits, bias, k):
     chosen = scores.gather(1, indices)
     return indices, chosen / chosen.sum(dim=-1, keepdim=True)
 """
+GATHER_GEMM_NO_K_MASK = """@triton.jit
+def gather_gemm_kernel(x_ptr, w_ptr, out_ptr, pairs_ptr, expert, num_pairs, k, D, N,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = tl.arange(0, BLOCK_M)
+    pairs = tl.load(pairs_ptr + rows)
+    valid = pairs < num_pairs
+    tokens = pairs // k
+    cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)  # no mask ks < D: the last step reads past the end of the rows
+        xs = tl.load(x_ptr + tokens[:, None] * D + ks[None, :], mask=valid[:, None], other=0.0)
+        ws = tl.load(w_ptr + expert * D * N + ks[:, None] * N + cols[None, :], mask=cols[None, :] < N, other=0.0)
+        acc = tl.dot(xs, ws, acc, input_precision="ieee")
+    tl.store(out_ptr + rows[:, None] * N + cols[None, :], acc, mask=cols[None, :] < N)
+"""
+BLOCK_LAYOUT_OVERPADS = """def block_layout(counts, block_m):
+    blocks = counts.long() // block_m + 1  # a spare block when block_m divides the count, and one for idle experts
+    padded_offsets = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=counts.device)
+    padded_offsets[1:] = torch.cumsum(blocks * block_m, dim=0)
+    block_expert = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), blocks)
+    return padded_offsets, block_expert
+"""
+SCATTER_COMBINE_DETACHED_WEIGHTS = """def scatter_combine(rows, sorted_pairs, weights):
+    T, k = weights.shape
+    valid = sorted_pairs < T * k
+    pairs = sorted_pairs[valid]
+    w = weights.detach().reshape(-1)[pairs]  # the router gets no gradient
+    y = torch.zeros(T, rows.shape[1], dtype=rows.dtype, device=rows.device)
+    return y.index_add(0, pairs // k, rows[valid] * w.unsqueeze(-1))
+"""
 MISTAKES = {
     "03_routing": {
         "ec_softmax_over_tokens": ("expert_choice", EXPERT_CHOICE_SOFTMAX_OVER_TOKENS, ["test_expert_choice"]),
@@ -257,6 +289,11 @@ MISTAKES = {
         "loses_pairs": ("moe_with_capacity", MOE_LOSES_SECOND_CHOICES, ["test_moe_with_capacity"]),
         "token_level_keep": ("moe_with_capacity", MOE_TOKEN_LEVEL_KEEP, ["test_moe_with_capacity"]),
         "renormalizes": ("moe_with_capacity", MOE_RENORMALIZES_SURVIVORS, ["test_moe_with_capacity"]),
+    },
+    "06_kernels": {  # each passes the visible tests
+        "no_k_mask": ("gather_gemm", GATHER_GEMM_NO_K_MASK, ["test_gather_gemm"]),
+        "overpads": ("block_layout", BLOCK_LAYOUT_OVERPADS, ["test_block_layout"]),
+        "detached_weights": ("scatter_combine", SCATTER_COMBINE_DETACHED_WEIGHTS, ["test_scatter_combine"]),
     },
 }
 

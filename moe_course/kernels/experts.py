@@ -190,6 +190,8 @@ def fused_experts(
     x: [T, d_model]; indices, weights: [T, k] (expert ids, router weights); w1: [E, d_model, d_ff] (GELU) or
     [E, d_model, 2·d_ff] (SwiGLU, gate then up); w2: [E, d_ff, d_model]; keep: [T, k] bool or None (pairs
     dropped by a capacity limit contribute nothing). Returns [T, d_model].
+    The metadata and the kernels need no host synchronization; the argument checks do (two, to see that every
+    expert id lies in [0, E): an id out of range would read and write outside the weights).
     """
     check_kernel_inputs(x, indices, weights, w1, w2, activation, keep)
     check_choice("combine", combine, COMBINES)
