@@ -127,8 +127,9 @@ def MoE(
     num_experts: int = 8,
     k: int = 2,
     d_ff: int | None = None,
+    ep_size: int = 1,
     **layer_options,
-) -> MoELayer:
+) -> nn.Module:
     """One-call constructor in the spirit of DeepSpeed's ``MoE(hidden_size, expert, num_experts, k)``.
 
     ``expert`` is a template: an :class:`~moe_course.experts.FFN` (its d_ff and activation are used; each of
@@ -136,9 +137,11 @@ def MoE(
     ``d_ff`` defaulting to ``4 · hidden_size``. ``layer_options`` go to :class:`MoELayer` (``backend``,
     ``router``, ``n_shared``, ``capacity_factor``, router options such as ``renormalize``). With k=1 and
     renormalization the weight is always 1 and the router gets no gradient, so top-1 layers use
-    ``router="switch"`` or ``renormalize=False``.
+    ``router="switch"`` or ``renormalize=False``. ``ep_size`` > 1 shards the experts over that many ranks (the
+    whole initialized process group): an :class:`~moe_course.parallel.ExpertParallelMoE`.
     """
     check_positive_int("hidden_size", hidden_size)
+    check_positive_int("ep_size", ep_size)
     if isinstance(expert, FFN):
         if expert.d_model != hidden_size:
             raise ValueError(f"expert has d_model={expert.d_model}, which must equal hidden_size={hidden_size}")
@@ -149,4 +152,11 @@ def MoE(
         activation, d_ff = expert, d_ff or 4 * hidden_size
     else:
         raise ValueError(f"expert must be an FFN or an activation name, got {type(expert).__name__}")
-    return MoELayer(hidden_size, d_ff, num_experts, k, activation, **layer_options)
+    if ep_size == 1:
+        return MoELayer(hidden_size, d_ff, num_experts, k, activation, **layer_options)
+    from .parallel import ExpertParallelMoE  # imported on use: the expert-parallel layer builds on this module
+
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    if ep_size != world:
+        raise ValueError(f"ep_size={ep_size} must equal the size of the initialized process group ({world})")
+    return ExpertParallelMoE(hidden_size, d_ff, num_experts, k, activation, **layer_options)

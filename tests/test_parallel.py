@@ -9,9 +9,16 @@ import pytest
 import torch
 
 from moe_course.capacity import capacity_keep, expert_capacity
-from moe_course.layer import loop_moe
+from moe_course.layer import MoE, loop_moe
 from moe_course.parallel import ExpertParallelMoE, dispatch_bytes, run_workers
-from moe_course.parallel.workers import build_case, ep_cases, failing_worker, identity_round_trip, sleeping_worker
+from moe_course.parallel.workers import (
+    build_case,
+    ep_cases,
+    ep_size_layer,
+    failing_worker,
+    identity_round_trip,
+    sleeping_worker,
+)
 from moe_course.routing import Routing
 
 SIZES = dict(d_model=16, d_ff=24, E=8)
@@ -124,7 +131,13 @@ def test_dispatch_bytes_cost_model():
         dispatch_bytes(indices, 8, 3, 4096, 2)
 
 
+def test_ep_size_builds_the_expert_parallel_layer():
+    assert run_workers(ep_size_layer, 2) == [("ExpertParallelMoE", 4), ("ExpertParallelMoE", 4)]
+
+
 def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="ep_size"):
+        MoE(16, num_experts=8, ep_size=2)  # no process group of that size
     with pytest.raises(ValueError, match="group"):
         ExpertParallelMoE(16, 24, 8, 2)  # no process group
     with pytest.raises(ValueError, match="world_size"):

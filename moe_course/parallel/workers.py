@@ -81,3 +81,11 @@ def sleeping_worker(rank: int, world_size: int, seconds: float) -> None:
     import time
 
     time.sleep(seconds)
+
+
+def ep_size_layer(rank: int, world_size: int) -> tuple:
+    """``MoE(..., ep_size=world_size)`` on every rank: (its class name, experts held here)."""
+    from ..layer import MoE
+
+    layer = MoE(16, num_experts=8, k=2, ep_size=world_size)
+    return type(layer).__name__, layer.experts.E
