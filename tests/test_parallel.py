@@ -3,7 +3,10 @@ batch (outputs and gradients), adversarial routings, token conservation, the byt
 that fails fast and leaves no process behind."""
 
 import multiprocessing
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,3 +145,16 @@ def test_bad_arguments_are_named():
         ExpertParallelMoE(16, 24, 8, 2)  # no process group
     with pytest.raises(ValueError, match="world_size"):
         run_workers(failing_worker, 0)
+
+
+def test_torchrun_entry_point_reports_bytes_equal_to_the_cost_model():
+    torchrun = Path(sys.executable).parent / "torchrun"
+    command = [str(torchrun), "--standalone", "--nproc-per-node=2", "-m", "moe_course.parallel", "--tokens", "40",
+               "--d-model", "16", "--d-ff", "32", "--steps", "2"]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "2 ranks (gloo)" in out
+    reports = [line for line in out.splitlines() if line.startswith("rank ")]
+    assert len(reports) == 2
+    for line in reports:
+        sent = int(line.split("sent ")[1].split(" bytes")[0])
+        assert sent == int(line.split("cost model ")[1].split(";")[0]) == 40 * 2 * 16 * 4
