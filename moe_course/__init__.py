@@ -6,6 +6,7 @@
 - ``dispatch`` sort (token, slot) pairs by expert, permute and un-permute
 - ``capacity`` expert capacity, which pairs are dropped, padding waste
 - ``kernels``  fused Triton expert kernels, forward and backward (Triton's interpreter without a GPU)
+- ``parallel`` expert parallelism: the all-to-all layer on torch.distributed, a launcher for CPU ranks
 - ``layer``    the MoE layer and its backends (loop, vectorized, triton), and the ``MoE`` constructor
 - ``load``     per-expert load, the balance coefficient, router entropy
 - ``losses``   load balancing: Switch loss, sequence-wise loss, z-loss, the selection-bias update
