@@ -272,6 +272,30 @@ SCATTER_COMBINE_DETACHED_WEIGHTS = """def scatter_combine(rows, sorted_pairs, we
     y = torch.zeros(T, rows.shape[1], dtype=rows.dtype, device=rows.device)
     return y.index_add(0, pairs // k, rows[valid] * w.unsqueeze(-1))
 """
+SPLITS_ROUND_ROBIN = """def split_sizes(indices_per_rank, E, P):
+    input_splits = [torch.bincount(indices.reshape(-1) % P, minlength=P).tolist() for indices in indices_per_rank]
+    output_splits = [[input_splits[s][r] for s in range(P)] for r in range(P)]
+    return input_splits, output_splits
+"""
+BYTES_ON_RANK_COUNTED = """def bytes_per_destination(indices, E, P, d_model, element_size):
+    rows = torch.bincount(indices.reshape(-1) // (E // P), minlength=P)
+    return [int(r) * d_model * element_size for r in rows]
+
+
+def off_rank_bytes(indices, E, P, rank, d_model, element_size):
+    return indices.numel() * d_model * element_size  # every row, its own rank's included
+"""
+ALPHA_ONCE = """def all_to_all_time(bytes_off_rank, P, alpha, beta):
+    return alpha + bytes_off_rank / beta
+
+
+def crossover_tokens(k, d_model, d_ff, element_size, P, alpha, beta, peak_flops):
+    compute_per_token = k * 6 * d_model * d_ff / peak_flops
+    comm_per_token = 2 * k * d_model * element_size * (P - 1) / P / beta
+    if compute_per_token <= comm_per_token:
+        return math.inf
+    return 2 * alpha / (compute_per_token - comm_per_token)
+"""
 MISTAKES = {
     "03_routing": {
         "ec_softmax_over_tokens": ("expert_choice", EXPERT_CHOICE_SOFTMAX_OVER_TOKENS, ["test_expert_choice"]),
@@ -294,6 +318,11 @@ MISTAKES = {
         "no_k_mask": ("gather_gemm", GATHER_GEMM_NO_K_MASK, ["test_gather_gemm"]),
         "overpads": ("block_layout", BLOCK_LAYOUT_OVERPADS, ["test_block_layout"]),
         "detached_weights": ("scatter_combine", SCATTER_COMBINE_DETACHED_WEIGHTS, ["test_scatter_combine"]),
+    },
+    "07_expert_parallel": {  # each passes the visible tests
+        "round_robin_experts": ("splits", SPLITS_ROUND_ROBIN, ["test_splits"]),
+        "on_rank_counted": ("bytes", BYTES_ON_RANK_COUNTED, ["test_bytes"]),
+        "alpha_once": ("crossover", ALPHA_ONCE, ["test_crossover"]),
     },
 }
 
