@@ -41,6 +41,15 @@ def _dot(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _block(sorted_pairs_ptr, num_pairs, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's rows of the sorted layout, their pairs (``valid``: not padding) and its column tile."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    pairs = tl.load(sorted_pairs_ptr + rows)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rows, pairs, pairs < num_pairs, cols, cols < n_cols
+
+
+@triton.jit
 def up_kernel(
     x_ptr, w1_ptr, h_ptr, a_ptr, sorted_pairs_ptr, block_expert_ptr,
     num_pairs, k, D, F,
@@ -50,16 +59,11 @@ def up_kernel(
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """x: [T, D] -> a: [R, F] (and h: [R, F or 2F] when SAVE_H); W1: [E, D, F or 2F] (SwiGLU: [gate | up])."""
-    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
-    e = tl.load(block_expert_ptr + pid_m)
+    e = tl.load(block_expert_ptr + tl.program_id(0))
     if e < 0:
         return
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    pairs = tl.load(sorted_pairs_ptr + rows)
-    valid = pairs < num_pairs
+    rows, pairs, valid, cols, col_ok = _block(sorted_pairs_ptr, num_pairs, F, BLOCK_M, BLOCK_N)
     tokens = pairs // k
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < F
     w = w1_ptr + e.to(tl.int64) * stride_we
     gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -98,15 +102,10 @@ def down_kernel(
 ):  # fmt: skip
     """rows: [R, K] in the sorted layout, W: [E, K, N] (by strides) -> out[pair]: [T·k, N] (``ATOMIC``: the
     weighted rows are added into out[token]: [T, N] in fp32, the top-k sum fused)."""
-    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
-    e = tl.load(block_expert_ptr + pid_m)
+    e = tl.load(block_expert_ptr + tl.program_id(0))
     if e < 0:
         return
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    pairs = tl.load(sorted_pairs_ptr + rows)
-    valid = pairs < num_pairs
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
+    rows, pairs, valid, cols, col_ok = _block(sorted_pairs_ptr, num_pairs, N, BLOCK_M, BLOCK_N)
     w = w_ptr + e.to(tl.int64) * stride_we
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -136,16 +135,11 @@ def up_grad_kernel(
     """g = dy[token] @ W2[e]ᵀ ([R, F]; W2: [E, F, D]), the gradient of the expert's output a before the router
     weight. Writes dh = act'(h) · weight · g ([R, F or 2F]) and this column tile's share of the router-weight
     gradient Σ_f g · a into dweights[pid_n, pair] ([F tiles, T·k], summed by the caller)."""
-    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
-    e = tl.load(block_expert_ptr + pid_m)
+    e = tl.load(block_expert_ptr + tl.program_id(0))
     if e < 0:
         return
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    pairs = tl.load(sorted_pairs_ptr + rows)
-    valid = pairs < num_pairs
+    rows, pairs, valid, cols, col_ok = _block(sorted_pairs_ptr, num_pairs, F, BLOCK_M, BLOCK_N)
     tokens = pairs // k
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < F
     w2 = w2_ptr + e.to(tl.int64) * F * D
     g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, D, BLOCK_K):
@@ -172,7 +166,7 @@ def up_grad_kernel(
         a = _gelu(gate)
         tl.store(dh_ptr + h_offsets, (weight * g * _gelu_grad(gate)).to(dh_ptr.dtype.element_ty), mask=mask)
     share = tl.sum(tl.where(mask, g * a, 0.0), axis=1)
-    tl.store(dweights_ptr + pid_n * num_pairs + pairs, share, mask=valid)
+    tl.store(dweights_ptr + tl.program_id(1) * num_pairs + pairs, share, mask=valid)
 
 
 @triton.jit
