@@ -1,27 +1,54 @@
 # The course's two commands: `make lab` (set up and open JupyterLab) and `make test` (set up and run every test).
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ASSIGNMENT ?=
 ASSIGNMENTS := $(notdir $(wildcard solutions/*))
+LAB_ARGS ?=
 
-.PHONY: setup lab test lint grade exercises clean
+# Which torch build: the one the package index gives (CUDA on Linux x86_64, CPU on macOS), or TORCH=cpu for the
+# CPU-only build from PyTorch's own index (about 200 MB instead of about 3 GB of CUDA wheels; no GPU needed).
+TORCH ?=
+ifeq ($(TORCH),cpu)
+TORCH_INDEX := --extra-index-url https://download.pytorch.org/whl/cpu
+else ifneq ($(TORCH),)
+$(error TORCH must be empty or cpu, got "$(TORCH)")
+endif
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+# JupyterLab refuses to run as root unless told; containers often are root.
+AS_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+.PHONY: setup workspace lab formgrader test lint grade exercises clean
 
 # A virtual environment in the repo with the pinned dependencies and the package in editable mode.
-# torch is installed first, alone, so the CPU build 2.13.0 is what every later requirement sees.
+# torch is installed first, alone, so the chosen build is what every later requirement sees.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt torch
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[course,test]"
+	@if [ -z "$(TORCH)" ] && [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi > /dev/null; then \
+		echo "No NVIDIA GPU found: 'make clean && make lab TORCH=cpu' installs torch without the CUDA wheels."; fi
+	$(PIP) pip
+	$(PIP) $(TORCH_INDEX) torch
+	$(PIP) -e ".[course,test]"
 	$(PY) -m ipykernel install --user --name moe-course --display-name "Python (moe-course)"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-# JupyterLab refuses to run as root unless told; containers often are root.
-lab: setup
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks/00_setup.ipynb $(if $(filter 0,$(shell id -u)),--allow-root)
+# Your copies of the lessons and exercises, in the git-ignored workspace/ (copied once, never overwritten).
+workspace: setup
+	$(PY) -m moe_course.workspace
+
+# JupyterLab on your workspace; lab/ holds its settings for learners (nbgrader's own buttons are off: `make grade`
+# is the check that runs the hidden tests).
+lab: workspace
+	JUPYTER_CONFIG_PATH="$(CURDIR)/lab" $(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)/workspace" \
+		--LabApp.default_url=/lab/tree/notebooks/00_setup.ipynb $(AS_ROOT) $(LAB_ARGS)
+
+# Instructors: JupyterLab on the whole course with nbgrader's Formgrader, toolbar and menus.
+formgrader: setup
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/formgrader $(AS_ROOT) $(LAB_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check moe_course tests benchmarks
@@ -31,7 +58,7 @@ lint: setup
 test: lint
 	$(PY) -m pytest tests notebooks solutions --nbval-lax --nbval-current-env -p no:cacheprovider
 
-# Autograde your copy in exercises/, hidden tests included: make grade ASSIGNMENT=02_moe_layer
+# Autograde your copy in workspace/exercises/, hidden tests included: make grade ASSIGNMENT=02_moe_layer
 grade: setup
 	@test -n "$(ASSIGNMENT)" || { echo "usage: make grade ASSIGNMENT=<one of: $(ASSIGNMENTS)>"; exit 2; }
 	$(PY) -m moe_course.grading $(ASSIGNMENT)
@@ -41,5 +68,6 @@ exercises: setup
 	$(PY) -c "import sys; from pathlib import Path; from moe_course.grading import release; \
 	[release(Path('.'), a, Path('exercises') / a) for a in sys.argv[1:]]" $(ASSIGNMENTS)
 
+# Everything `make` made except your workspace/ (delete that yourself if you mean to).
 clean:
 	rm -rf $(VENV) submitted autograded feedback gradebook.db .nbgrader.log

@@ -1,8 +1,9 @@
 """Autograde assignments with nbgrader, hidden tests included, in a throw-away copy of the course.
 
-The learner's command (``make grade ASSIGNMENT=02_moe_layer`` or ``moe-course-grade 02_moe_layer``) grades
-``exercises/<assignment>/`` and prints the score of each graded part and the path of an HTML feedback report.
-The repository is never written to except ``feedback/``; the gradebook lives in the temporary copy.
+The learner's command (``make grade ASSIGNMENT=02_moe_layer`` or ``moe-course-grade 02_moe_layer``) grades the
+learner's copy in ``workspace/exercises/<assignment>/`` (see :mod:`moe_course.workspace`) and prints the score of
+each graded part and the path of an HTML feedback report. The repository is never written to except
+``feedback/``; the gradebook lives in the temporary copy.
 """
 
 import argparse
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nbgrader.api import Gradebook
+
+from .workspace import WORKSPACE
 
 
 @dataclass
@@ -39,12 +42,16 @@ def run_nbgrader(course_dir: Path, *args: str, timeout: float = 900) -> None:
         raise RuntimeError(f"nbgrader {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
 
 
+def assignments(repo: Path) -> list:
+    """The names of the course's assignments: the folders of ``solutions/``."""
+    return sorted(p.name for p in (repo / "solutions").iterdir() if p.is_dir())
+
+
 def make_course(repo: Path, assignment: str, course_dir: Path) -> None:
     """Lay out a course in ``course_dir`` with the repo's config and ``assignment``'s source, and release it."""
+    if assignment not in assignments(repo):
+        raise ValueError(f"assignment must be one of {assignments(repo)}, got {assignment!r}")
     source = repo / "solutions" / assignment
-    if not source.is_dir():
-        known = sorted(p.name for p in (repo / "solutions").iterdir() if p.is_dir())
-        raise ValueError(f"assignment must be one of {known}, got {assignment!r}")
     shutil.copy(repo / "nbgrader_config.py", course_dir)
     shutil.copytree(source, course_dir / "solutions" / assignment)
     run_nbgrader(course_dir, "generate_assignment", assignment, "--force")
@@ -92,13 +99,15 @@ def format_scores(scores: list) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Autograde your copy of an assignment (hidden tests included).")
-    parser.add_argument("assignment", help="e.g. 02_moe_layer (a folder of exercises/)")
+    parser.add_argument("assignment", help="e.g. 02_moe_layer (a folder of solutions/)")
     parser.add_argument("--repo", type=Path, default=Path.cwd(), help="the course folder (default: current)")
     args = parser.parse_args(argv)
     repo, assignment = args.repo.resolve(), args.assignment
-    submission = repo / "exercises" / assignment
+    if assignment not in assignments(repo):
+        parser.error(f"no assignment {assignment!r}; ASSIGNMENT must be one of: {' '.join(assignments(repo))}")
+    submission = repo / WORKSPACE / "exercises" / assignment
     if not submission.is_dir():
-        parser.error(f"no folder {submission}: ASSIGNMENT must name a folder of exercises/")
+        parser.error(f"no folder {submission}: `make lab` (or `make workspace`) copies the exercises there")
     with tempfile.TemporaryDirectory() as tmp:
         print(f"Grading {submission} (this runs every cell of your notebook) ...", flush=True)
         scores = grade_submissions(repo, assignment, {"learner": submission}, Path(tmp))["learner"]

@@ -345,11 +345,11 @@ def test_other_assignments_grade_full_zero_and_catch_known_mistakes(assignment, 
 
 
 def test_learner_command_prints_scores_and_feedback_path(tmp_path, capsys):
-    """`make grade` on a learner's copy: a course folder whose exercises/ holds a finished notebook."""
+    """`make grade` on a learner's copy: a course folder whose workspace/exercises/ holds a finished notebook."""
     a = "01_dense_vs_sparse_flops"
     shutil.copy(REPO / "nbgrader_config.py", tmp_path)
     shutil.copytree(REPO / "solutions", tmp_path / "solutions")
-    shutil.copytree(REPO / "solutions" / a, tmp_path / "exercises" / a)
+    shutil.copytree(REPO / "solutions" / a, tmp_path / "workspace" / "exercises" / a)
     assert main([a, "--repo", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "test_moe_row" in out
@@ -357,17 +357,34 @@ def test_learner_command_prints_scores_and_feedback_path(tmp_path, capsys):
     assert f"Feedback report: {report}" in out and report.is_file()
 
 
-def test_unknown_assignment_is_named(tmp_path):
+def test_unknown_assignment_is_named(tmp_path, capsys):
     with pytest.raises(ValueError, match="assignment"):
         release(REPO, "99_nothing", tmp_path)
+    with pytest.raises(SystemExit):
+        main(["02_moe_layr", "--repo", str(REPO)])
+    assert f"ASSIGNMENT must be one of: {' '.join(ASSIGNMENTS)}" in capsys.readouterr().err
+
+
+def test_a_missing_copy_says_how_to_make_it(tmp_path, capsys):
+    shutil.copytree(REPO / "solutions", tmp_path / "solutions")
+    with pytest.raises(SystemExit):
+        main(["02_moe_layer", "--repo", str(tmp_path)])
+    assert "make lab" in capsys.readouterr().err
+
+
+def files(folder: Path) -> list:
+    """The files under ``folder``, relative to it, without Jupyter's git-ignored checkpoints."""
+    return sorted(
+        p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and ".ipynb_checkpoints" not in p.parts
+    )
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_exercises_are_generated_from_solutions(assignment, tmp_path):
     release(REPO, assignment, tmp_path)
-    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     committed = REPO / "exercises" / assignment
-    assert generated == sorted(p.relative_to(committed) for p in committed.rglob("*") if p.is_file())
+    generated = files(tmp_path)
+    assert generated == files(committed)
     for name in generated:
         assert (committed / name).read_bytes() == (tmp_path / name).read_bytes(), f"{name} differs: run make exercises"
 
