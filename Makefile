@@ -51,8 +51,8 @@ formgrader: setup
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/formgrader $(AS_ROOT) $(LAB_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check moe_course tests benchmarks
-	$(VENV)/bin/ruff format --check moe_course tests benchmarks
+	$(VENV)/bin/ruff check moe_course tests benchmarks conftest.py
+	$(VENV)/bin/ruff format --check moe_course tests benchmarks conftest.py
 
 # Library, grading pipeline and every notebook of notebooks/ and solutions/ (executed by nbval).
 test: lint

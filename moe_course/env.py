@@ -2,8 +2,14 @@
 
 import os
 import platform
+from importlib.util import find_spec
 
 import torch
+
+
+def has_triton() -> bool:
+    """Whether Triton is installed: it is on Linux; it has no macOS build (lesson 06 needs Linux or Colab)."""
+    return find_spec("triton") is not None
 
 
 def triton_mode() -> str:
@@ -16,12 +22,11 @@ def triton_mode() -> str:
 
 def environment_report() -> dict:
     """Python, torch and triton versions, the GPU (or None) and the Triton mode, as a dict."""
-    try:
+    triton_version = None
+    if has_triton():
         import triton
 
         triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "python": platform.python_version(),

@@ -1,0 +1,33 @@
+"""pytest for the whole course: tests/, and the notebooks of notebooks/ and solutions/ (nbval).
+
+Triton has no build for macOS. There, the tests and notebooks that need it are not collected, and the run says so
+in its header; everything else runs. On Linux Triton is part of the install (tests/test_env.py checks it).
+"""
+
+import pytest
+
+from moe_course.env import has_triton
+
+TRITON_ONLY = [
+    "tests/test_kernels.py",
+    "tests/test_benchmarks.py",
+    "notebooks/06_kernels.ipynb",
+    "solutions/06_kernels",
+]
+collect_ignore = [] if has_triton() else TRITON_ONLY
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "triton: needs Triton (skipped where it has no build: macOS)")
+
+
+def pytest_report_header(config):
+    if not has_triton():
+        return f"Triton is not installed (no build for this platform): skipping {', '.join(TRITON_ONLY)}"
+
+
+def pytest_collection_modifyitems(items):
+    if not has_triton():
+        for item in items:
+            if item.get_closest_marker("triton"):
+                item.add_marker(pytest.mark.skip(reason="needs Triton, which has no build for this platform"))
