@@ -15,6 +15,8 @@
 - ``train``    its seeded training loop, with balancing, recording what the routers do
 - ``env``      what this machine can run
 - ``grading``  self-check a learner's assignment with nbgrader
+- ``workspace`` the learner's copies of the lessons and exercises, which the course never tracks
+- ``colab``    the course's public address and the Colab set-up cell of every notebook
 - ``checks``   the argument checks the public functions share
 """
 
