@@ -61,7 +61,9 @@ def test_pins_resolve_with_pip_on_this_platform(index_reachable, tmp_path):
     cmd = [sys.executable, "-m", "pip", "install", "--isolated", "--dry-run", "--ignore-installed", "--quiet",
            "--no-cache-dir", "--index-url", INDEX, "--report", str(tmp_path / "report.json"),
            "-c", str(CONSTRAINTS), *requirements()]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # --isolated skips environment variables and the user's config, not the machine-wide one: no config file at all
+    env = dict(os.environ, PIP_CONFIG_FILE=os.devnull)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
     versions = resolved_versions(json.loads((tmp_path / "report.json").read_text()))
     assert versions["torch"] == TORCH
