@@ -1,5 +1,9 @@
 """nbgrader configuration for the course run from this folder: solutions/ is the source, exercises/ the release."""
 
+from pathlib import Path
+
+import nbgrader
+
 c = get_config()  # noqa: F821 (provided by nbgrader)
 
 c.CourseDirectory.source_directory = "solutions"
@@ -14,3 +18,14 @@ c.OverwriteCells.add_missing_cells = True
 c.IgnorePattern.enabled = True
 c.IgnorePattern.pattern = r"Warning"
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+
+# Feedback reports name each graded part by its heading where nbgrader's template says "Test cell"
+# (feedback_templates/course_feedback). Set for GenerateFeedback's exporter only: the formgrader's own HTML exporter
+# keeps its template. MathJax still loads from nbgrader's CDN here, as `nbgrader release_feedback` sends the HTML file
+# alone; `make grade` switches to course_feedback_offline, which loads a local copy (moe_course/grading.py).
+c.GenerateFeedback.HTMLExporter.extra_template_basedirs = [
+    str(Path(__file__).parent / "feedback_templates"),
+    str(Path(nbgrader.__file__).parent / "server_extensions" / "formgrader" / "templates"),
+]
+c.GenerateFeedback.HTMLExporter.template_name = "course_feedback"
+c.GenerateFeedback.HTMLExporter.template_file = "course_feedback.html.j2"

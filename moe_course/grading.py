@@ -4,6 +4,10 @@ The learner's command (``make grade ASSIGNMENT=02_moe_layer`` or ``moe-course-gr
 learner's copy in ``workspace/exercises/<assignment>/`` (see :mod:`moe_course.workspace`) and prints the score of
 each graded part and the path of an HTML feedback report. The repository is never written to except
 ``feedback/``; the gradebook lives in the temporary copy.
+
+The report names each graded part (``feedback_templates/course_feedback``, set in ``nbgrader_config.py``) and
+typesets its math offline: ``feedback_templates/course_feedback_offline`` loads MathJax from ``feedback/mathjax/``,
+a copy of the one the jupyter-server-mathjax package ships, instead of nbgrader's CDN.
 """
 
 import argparse
@@ -15,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from jupyter_server_mathjax.app import STATIC_ASSETS_PATH as MATHJAX
 from nbgrader.api import Gradebook
 
 from .workspace import WORKSPACE
@@ -53,6 +58,7 @@ def make_course(repo: Path, assignment: str, course_dir: Path) -> None:
         raise ValueError(f"assignment must be one of {assignments(repo)}, got {assignment!r}")
     source = repo / "solutions" / assignment
     shutil.copy(repo / "nbgrader_config.py", course_dir)
+    shutil.copytree(repo / "feedback_templates", course_dir / "feedback_templates")
     shutil.copytree(source, course_dir / "solutions" / assignment)
     run_nbgrader(course_dir, "generate_assignment", assignment, "--force")
 
@@ -61,14 +67,19 @@ def grade_submissions(repo: Path, assignment: str, submissions: dict, course_dir
     """Autograde and generate feedback for several students at once.
 
     submissions: ``{student_id: folder holding that student's notebooks of the assignment}``.
-    Returns ``{student_id: [PartScore, ...]}``; feedback HTML is under ``course_dir/feedback/<student>/``.
-    ``extra`` are further nbgrader options (e.g. ``--Execute.timeout=10``).
+    Returns ``{student_id: [PartScore, ...]}``; feedback HTML is under ``course_dir/feedback/<student>/<assignment>/``,
+    beside the MathJax it loads (``course_dir/feedback/<student>/mathjax/``). ``extra`` are further nbgrader options
+    (e.g. ``--Execute.timeout=10``).
     """
     make_course(repo, assignment, course_dir)
     for student, folder in submissions.items():
         shutil.copytree(folder, course_dir / "submitted" / student / assignment)
     run_nbgrader(course_dir, "autograde", assignment, "--force", *extra)
-    run_nbgrader(course_dir, "generate_feedback", assignment, "--force")
+    # Reports that typeset their math offline: this template loads MathJax from ../mathjax/, copied there next.
+    offline = "--GenerateFeedback.HTMLExporter.template_name=course_feedback_offline"
+    run_nbgrader(course_dir, "generate_feedback", assignment, "--force", offline)
+    for student in submissions:
+        shutil.copytree(MATHJAX, course_dir / "feedback" / student / "mathjax")
     scores = {}
     with Gradebook(f"sqlite:///{course_dir / 'gradebook.db'}") as gb:
         for student in submissions:
@@ -111,8 +122,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         print(f"Grading {submission} (this runs every cell of your notebook) ...", flush=True)
         scores = grade_submissions(repo, assignment, {"learner": submission}, Path(tmp))["learner"]
-        feedback = repo / "feedback" / assignment
-        shutil.copytree(Path(tmp) / "feedback" / "learner" / assignment, feedback, dirs_exist_ok=True)
+        # the report and, beside its folder, the MathJax it loads
+        shutil.copytree(Path(tmp) / "feedback" / "learner", repo / "feedback", dirs_exist_ok=True)
+    feedback = repo / "feedback" / assignment
     print(format_scores(scores))
     for report in sorted(feedback.glob("*.html")):
         print(f"Feedback report: {report}")

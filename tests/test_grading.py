@@ -4,7 +4,9 @@ Every submission is graded in a temporary course; the repository is only read.
 """
 
 import json
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -150,6 +152,59 @@ def test_feedback_and_grade_export(graded_02):
     run_nbgrader(course, "export", "--to=grades.csv")
     rows = (course / "grades.csv").read_text().splitlines()
     assert len(rows) == 1 + len(by_part)  # header + one row per student
+
+
+def assert_scripts_on_disk(report: Path) -> None:
+    """Every script the report loads, MathJax among them, is a file on disk beside it: no CDN, so math typesets
+    offline."""
+    sources = re.findall(r'<script[^>]* src="([^"]+)"', report.read_text())
+    assert any(src.split("?")[0].endswith("/MathJax.js") for src in sources), sources
+    for src in sources:
+        assert "://" not in src and (report.parent / src.split("?")[0]).is_file(), f"{report} loads {src}"
+
+
+def test_feedback_loads_mathjax_from_disk(graded_02):
+    course, by_part = graded_02
+    for student in by_part:
+        assert_scripts_on_disk(course / "feedback" / student / "02_moe_layer" / "02_moe_layer.html")
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Chromium")
+def test_feedback_math_is_typeset_offline(graded_02, tmp_path):
+    """Chromium with no host name resolving, as on a machine offline, renders the report: MathJax typesets it."""
+    report = graded_02[0] / "feedback" / "hidden_fail" / "02_moe_layer" / "02_moe_layer.html"
+    browser = ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}"]
+    offline = ["--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=30000", "--dump-dom"]
+    dom = subprocess.run([*browser, *offline, report.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count('class="MathJax"') >= 20  # every $...$ of the page, the summary's top-$k$ included
+    assert 'class="MathJax_Error"' not in dom
+
+
+def part_titles(assignment: str) -> dict:
+    """``{grade_id: title}`` of the graded test cells, the title from the "## Part ..." heading above each."""
+    titles, heading = {}, None
+    for c in load(REPO / "solutions" / assignment / f"{assignment}.ipynb")["cells"]:
+        source, meta = "".join(c["source"]), c["metadata"].get("nbgrader", {})
+        headings = re.findall(r"^## (Part .*?) \(\d+ points?\)$", source, re.M)
+        if headings:
+            heading = headings[-1]
+        if meta.get("grade") and not meta.get("solution"):
+            titles[meta["grade_id"]] = heading
+    return titles
+
+
+def test_feedback_summary_names_every_graded_part_and_its_score(graded_02):
+    course, by_part = graded_02
+    titles = part_titles("02_moe_layer")
+    assert len(titles) == 5 and titles["test_route_top_k"] == "Part 2 · The router: softmax, top-$k$, renormalize"
+    for student, parts in by_part.items():
+        html = (course / "feedback" / student / "02_moe_layer" / "02_moe_layer.html").read_text()
+        summary = re.search(r'<div id="toc">(.*?)</div>', html, re.S).group(1)
+        entries = re.findall(r'<a href="#(\w+)">(.*?)</a> \(<code>\1</code>, Score: ([\d.]+) / ([\d.]+)\)', summary)
+        expected = [
+            (part, titles[part], str(float(score)), str(float(max_score))) for part, (score, max_score) in parts.items()
+        ]
+        assert sorted(entries) == sorted(expected), student
 
 
 # Mistakes real code bases have made, each as a learner's answer: (grade_id of the answer cell, its source,
@@ -327,7 +382,14 @@ MISTAKES = {
 }
 
 
-@pytest.mark.parametrize("assignment", [a for a in ASSIGNMENTS if a != "02_moe_layer"])
+@pytest.mark.parametrize(
+    "assignment",  # 06's notebooks run Triton kernels
+    [
+        pytest.param(a, marks=[pytest.mark.triton] if a == "06_kernels" else [])
+        for a in ASSIGNMENTS
+        if a != "02_moe_layer"
+    ],
+)
 def test_other_assignments_grade_full_zero_and_catch_known_mistakes(assignment, tmp_path):
     mistakes = MISTAKES.get(assignment, {})
     students = {"solution": submission(tmp_path, "solution", assignment), "untouched": REPO / "exercises" / assignment}
@@ -348,13 +410,15 @@ def test_learner_command_prints_scores_and_feedback_path(tmp_path, capsys):
     """`make grade` on a learner's copy: a course folder whose workspace/exercises/ holds a finished notebook."""
     a = "01_dense_vs_sparse_flops"
     shutil.copy(REPO / "nbgrader_config.py", tmp_path)
-    shutil.copytree(REPO / "solutions", tmp_path / "solutions")
+    for folder in ("solutions", "feedback_templates"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
     shutil.copytree(REPO / "solutions" / a, tmp_path / "workspace" / "exercises" / a)
     assert main([a, "--repo", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "test_moe_row" in out
     report = tmp_path / "feedback" / a / f"{a}.html"
     assert f"Feedback report: {report}" in out and report.is_file()
+    assert_scripts_on_disk(report)
 
 
 def test_unknown_assignment_is_named(tmp_path, capsys):
