@@ -1,5 +1,6 @@
 """Train the tiny language model, with a choice of load balancing, and record what the routers do."""
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +14,24 @@ from .model import TinyLM
 from .text import get_batch
 
 BALANCING = ("none", "aux", "seq_aux", "z+aux", "bias")
+
+# Torch threads for training and evaluating the tiny model. Its matrices are small: a second thread saves a third of
+# the time on an idle machine, but beside any other busy process OpenMP's threads wait on each other. 300 steps of the
+# lessons' model on a 2-core machine (medians of 3), one thread against two: idle 16 s / 11 s; beside a single-threaded
+# busy loop 17 s / 46 s; beside another two-thread torch process 24 s / 56 s. One thread also gives the same losses
+# whatever the caller's thread count (another count rounds differently).
+THREADS = 1
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run the block (or, as a decorator, the function) with ``n`` torch threads, then restore the caller's count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass
@@ -70,6 +89,7 @@ def balancing_losses(model: TinyLM, seq_len: int, sequence_wise: bool = False) -
     return losses
 
 
+@torch_threads(THREADS)
 @torch.no_grad()
 def evaluate(model: TinyLM, ids: torch.Tensor, batch_size: int, n_batches: int, seed: int = 0) -> float:
     """Mean next-token cross-entropy over ``n_batches`` random batches of ``ids`` (the same ones for a seed)."""
@@ -84,6 +104,7 @@ def evaluate(model: TinyLM, ids: torch.Tensor, batch_size: int, n_batches: int, 
     return sum(losses) / len(losses)
 
 
+@torch_threads(THREADS)
 def train(model: TinyLM, train_ids: torch.Tensor, val_ids: torch.Tensor, config: TrainConfig) -> History:
     """AdamW on random batches of ``train_ids``; the same seed gives the same history."""
     c = config

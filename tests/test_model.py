@@ -3,7 +3,7 @@ import torch
 
 from moe_course.model import TinyLM, TinyLMConfig
 from moe_course.text import CharTokenizer, get_batch, load_corpus, split
-from moe_course.train import TrainConfig, train
+from moe_course.train import THREADS, TrainConfig, evaluate, torch_threads, train
 
 TEXT = load_corpus()
 TOKENS = CharTokenizer(TEXT)
@@ -61,6 +61,34 @@ def test_capacity_drops_are_recorded():
     h = train(model, TRAIN, VAL, TrainConfig(steps=3, batch_size=4, progress=False))
     assert all(d > 0 for step in h.dropped for d in step)
     assert (h.counts_tensor().sum(-1) + torch.tensor(h.dropped) == 4 * 32 * 2).all()
+
+
+@pytest.fixture
+def restore_threads():
+    previous = torch.get_num_threads()
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_training_runs_on_the_library_thread_count_and_restores_the_callers(restore_threads):
+    histories = []
+    for caller in (THREADS + 1, THREADS):
+        torch.set_num_threads(caller)
+        model, seen = small(), set()
+        model.register_forward_pre_hook(lambda module, args, seen=seen: seen.add(torch.get_num_threads()))
+        histories.append(train(model, TRAIN, VAL, TrainConfig(steps=5, batch_size=4, progress=False)))
+        evaluate(model, VAL, batch_size=4, n_batches=2)
+        assert seen == {THREADS} and torch.get_num_threads() == caller
+    # whatever the caller's thread count, the same seed gives the same losses
+    assert histories[0].loss == histories[1].loss and histories[0].val_loss == histories[1].val_loss
+
+
+def test_thread_count_is_restored_after_an_error(restore_threads):
+    torch.set_num_threads(2)
+    with pytest.raises(RuntimeError, match="inside"), torch_threads(1):
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == 2
 
 
 def test_dense_model_trains_and_rejects_balancing():
