@@ -137,8 +137,10 @@ def MoE(
     ``d_ff`` defaulting to ``4 · hidden_size``. ``layer_options`` go to :class:`MoELayer` (``backend``,
     ``router``, ``n_shared``, ``capacity_factor``, router options such as ``renormalize``). With k=1 and
     renormalization the weight is always 1 and the router gets no gradient, so top-1 layers use
-    ``router="switch"`` or ``renormalize=False``. ``ep_size`` > 1 shards the experts over that many ranks (the
-    whole initialized process group): an :class:`~moe_course.parallel.ExpertParallelMoE`.
+    ``router="switch"`` or ``renormalize=False``. ``ep_size`` > 1 shards the experts over that many ranks: an
+    :class:`~moe_course.parallel.ExpertParallelMoE` in this rank's group of ``ep_size`` consecutive ranks of the
+    initialized world (the whole world when they are equal; see
+    :func:`~moe_course.parallel.comm.expert_parallel_group`).
     """
     check_positive_int("hidden_size", hidden_size)
     check_positive_int("ep_size", ep_size)
@@ -154,9 +156,7 @@ def MoE(
         raise ValueError(f"expert must be an FFN or an activation name, got {type(expert).__name__}")
     if ep_size == 1:
         return MoELayer(hidden_size, d_ff, num_experts, k, activation, **layer_options)
-    from .parallel import ExpertParallelMoE  # imported on use: the expert-parallel layer builds on this module
+    from .parallel import ExpertParallelMoE, expert_parallel_group  # on use: they build on this module
 
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    if ep_size != world:
-        raise ValueError(f"ep_size={ep_size} must equal the size of the initialized process group ({world})")
-    return ExpertParallelMoE(hidden_size, d_ff, num_experts, k, activation, **layer_options)
+    group = expert_parallel_group(ep_size)
+    return ExpertParallelMoE(hidden_size, d_ff, num_experts, k, activation, group=group, **layer_options)

@@ -18,7 +18,7 @@ from moe_course.parallel import ExpertParallelMoE, dispatch_bytes, run_workers
 from moe_course.parallel.workers import (
     build_case,
     ep_cases,
-    ep_size_layer,
+    ep_size_layers,
     failing_worker,
     identity_round_trip,
     sleeping_worker,
@@ -135,8 +135,31 @@ def test_dispatch_bytes_cost_model():
         dispatch_bytes(indices, 8, 3, 4096, 2)
 
 
-def test_ep_size_builds_the_expert_parallel_layer():
-    assert run_workers(ep_size_layer, 2) == [("ExpertParallelMoE", 4), ("ExpertParallelMoE", 4)]
+def test_expert_parallel_groups_inside_a_larger_world():
+    """4 ranks, ep_size 2: groups {0, 1} and {2, 3} each hold all 8 experts, ranks 0 and 2 experts 0-3."""
+    case = dict(SIZES, k=2, tokens=[10, 7, 0, 12], seed=6, ep_size=2)
+    ranks = [r[0] for r in run_workers(ep_cases, 4, [case])]
+    y, grads, routings = reference(case, 2)
+    assert torch.allclose(torch.cat([r["y"] for r in ranks]), y, atol=1e-5)
+    assert torch.allclose(torch.cat([r["dx"] for r in ranks]), grads["dx"], atol=1e-5)
+    for name in ("dw1", "dw2"):  # a shard's gradient from each group; data parallelism would sum (average) them
+        shards = torch.cat([ranks[0][name] + ranks[2][name], ranks[1][name] + ranks[3][name]])
+        assert torch.allclose(shards, grads[name], atol=1e-5), name
+    assert torch.allclose(sum(r["router_grad"] for r in ranks), grads["router_grad"], atol=1e-5)
+    stats = [r["stats"] for r in ranks]
+    for a, b in [(0, 1), (2, 3)]:  # rows only move inside a group
+        assert stats[a]["sent_rows"][1] == stats[b]["received_rows"][0]
+        assert stats[b]["sent_rows"][0] == stats[a]["received_rows"][1]
+    for rank_stats, routing in zip(stats, routings, strict=True):
+        assert rank_stats["sent_bytes"] == dispatch_bytes(routing.indices, 8, 2, case["d_model"], 4)
+
+
+def test_ep_size_builds_the_expert_parallel_layer_in_its_group():
+    results = run_workers(ep_size_layers, 4, [4, 2, 3])
+    assert [r[:2] for r in results] == [
+        [("ExpertParallelMoE", 2, 4, rank), ("ExpertParallelMoE", 4, 2, rank % 2)] for rank in range(4)
+    ]
+    assert all(r[2] == "ep_size=3 must divide the world size 4" for r in results)
 
 
 def test_bad_arguments_are_named():

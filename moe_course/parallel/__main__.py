@@ -1,10 +1,12 @@
 """Run the expert-parallel layer on every rank that ``torchrun`` starts, and report what it moved and how long it took.
 
     torchrun --standalone --nproc-per-node=4 -m moe_course.parallel --tokens 512
-    torchrun --nnodes=2 --nproc-per-node=8 --rdzv-endpoint=HOST:29500 -m moe_course.parallel --d-model 4096 ...
+    torchrun --nnodes=2 --nproc-per-node=8 --rdzv-endpoint=HOST:29500 -m moe_course.parallel --ep-size 8 ...
 
-gloo on CPUs, NCCL on GPUs (one per rank, ``LOCAL_RANK``). Rank 0 prints the rank × rank matrix of rows sent
-per dispatch, the bytes against the cost model, and the median time of a forward + backward call.
+gloo on CPUs, NCCL on GPUs (one per rank, ``LOCAL_RANK``). ``--ep-size`` (default: every rank) splits the world
+into expert-parallel groups of that many consecutive ranks, e.g. one per node. Rank 0 prints the rows each rank
+sent to each rank of its group per dispatch, the bytes against the cost model, and the median time of a
+forward + backward call.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ..routing import Routing
+from .comm import expert_parallel_group
 from .layer import ExpertParallelMoE, dispatch_bytes
 
 
@@ -28,18 +31,21 @@ def main(argv=None) -> None:
     parser.add_argument("-k", type=int, default=2)
     parser.add_argument("--backend", default="vectorized")
     parser.add_argument("--capacity-factor", type=float, default=None)
+    parser.add_argument("--ep-size", type=int, default=None, help="ranks per expert-parallel group (default: all)")
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args(argv)
 
     gpu = torch.cuda.is_available()
     dist.init_process_group("nccl" if gpu else "gloo")
-    rank, P = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
+    group = expert_parallel_group(args.ep_size or dist.get_world_size())
+    P = dist.get_world_size(group)
     device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if gpu else "cpu")
     if gpu:
         torch.cuda.set_device(device)
     torch.manual_seed(0)  # the same router on every rank
     layer = ExpertParallelMoE(args.d_model, args.d_ff, args.E, args.k, backend=args.backend,
-                              capacity_factor=args.capacity_factor).to(device)  # fmt: skip
+                              capacity_factor=args.capacity_factor, group=group).to(device)  # fmt: skip
     torch.manual_seed(1 + rank)  # different tokens on every rank
     x = torch.randn(args.tokens, args.d_model, device=device, requires_grad=True)
 
@@ -52,22 +58,30 @@ def main(argv=None) -> None:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     routing: Routing = layer.last_routing
+    stats = layer.last_stats
     predicted = dispatch_bytes(routing.indices, args.E, P, args.d_model, x.element_size(), routing.keep)
-    report = (layer.last_stats, predicted, statistics.median(times[1:]))
-    reports = [None] * P
-    dist.all_gather_object(reports, report)
+    # one row per rank: rows sent to each place in its group, bytes sent, the cost model's bytes, drops, ms
+    report = torch.tensor([*stats["sent_rows"], sum(stats["sent_bytes"]), sum(predicted), stats["dropped_pairs"],
+                           1e3 * statistics.median(times[1:])], dtype=torch.float64, device=device)  # fmt: skip
+    reports = [torch.empty_like(report) for _ in range(dist.get_world_size())]
+    dist.all_gather(reports, report)
     if rank == 0:
         mode = "dropless" if args.capacity_factor is None else f"capacity factor {args.capacity_factor}"
-        print(f"{P} ranks ({'NCCL' if gpu else 'gloo'}), {args.tokens} tokens each, d_model={args.d_model}, "
-              f"d_ff={args.d_ff}, E={args.E}, k={args.k}, {mode}, backend {args.backend}")  # fmt: skip
-        print("rows sent per dispatch (row: from rank, column: to rank):")
-        for s, (stats, _, _) in enumerate(reports):
-            print(f"  {s}: " + " ".join(f"{n:>6}" for n in stats["sent_rows"]))
-        for s, (stats, bytes_predicted, seconds) in enumerate(reports):
-            off_rank = sum(b for r, b in enumerate(stats["sent_bytes"]) if r != s)
-            print(f"rank {s}: sent {sum(stats['sent_bytes'])} bytes ({off_rank} off-rank), cost model "
-                  f"{sum(bytes_predicted)}; dropped pairs {stats['dropped_pairs']}; "
-                  f"forward + backward {1e3 * seconds:.2f} ms")  # fmt: skip
+        print(f"{len(reports)} ranks ({'NCCL' if gpu else 'gloo'}) in expert-parallel groups of {P}, {args.tokens} "
+              f"tokens each, d_model={args.d_model}, d_ff={args.d_ff}, E={args.E}, k={args.k}, {mode}, "
+              f"backend {args.backend}")  # fmt: skip
+        print("rows sent per dispatch (row: from rank, column: to the rank's place in its group):")
+        for s, r in enumerate(reports):
+            print(f"  {s}: " + " ".join(f"{int(n):>6}" for n in r[:P]))
+        row_bytes = args.d_model * x.element_size()
+        for s, r in enumerate(reports):
+            sent, cost_model, dropped, ms = r[P:].tolist()
+            off_rank = (int(r[:P].sum()) - int(r[s % P])) * row_bytes
+            print(f"rank {s}: sent {int(sent)} bytes ({off_rank} off-rank), cost model {int(cost_model)}; "
+                  f"dropped pairs {int(dropped)}; forward + backward {ms:.2f} ms")  # fmt: skip
+    if group is not None:
+        dist.destroy_process_group(group)
+    dist.barrier()  # no rank leaves while a peer's group is still open: gloo aborts on a closed connection
     dist.destroy_process_group()
 
 

@@ -3,10 +3,15 @@
 ``torch.distributed.all_to_all_single`` moves rows between ranks but is invisible to autograd: a loss computed
 after it sends no gradient back to the rows that were sent. The backward of an all-to-all is the same exchange in
 reverse: what rank r received from rank s goes back to s, so the split sizes swap.
+
+The exchanges run inside an expert-parallel group: the whole world, or, with ``ep_size`` < W, one of the W/ep_size
+groups of consecutive ranks that :func:`expert_parallel_group` makes.
 """
 
 import torch
 import torch.distributed as dist
+
+from ..checks import check_positive_int
 
 
 class AllToAll(torch.autograd.Function):
@@ -35,3 +40,28 @@ def exchange_counts(counts: torch.Tensor, group=None) -> torch.Tensor:
     received = torch.empty_like(counts)
     dist.all_to_all_single(received, counts, group=group)
     return received
+
+
+_GROUPS: dict = {}  # ep_size -> (the world it was made in, this rank's group): new_group is collective and costly
+
+
+def expert_parallel_group(ep_size: int):
+    """This rank's expert-parallel group: the W ranks of the initialized world form W/ep_size groups of ep_size
+    consecutive ranks, ``[0, ep_size)``, ``[ep_size, 2·ep_size)``, ...; each group holds all E experts, E/ep_size
+    per rank, and ranks at the same place in their groups hold the same experts (their gradients are averaged
+    by data parallelism, as the router's are over the whole world). Returns None (the whole world) when
+    ep_size = W. Every rank must call it with the same ep_size, as process groups are created collectively;
+    the groups are made once per world and reused."""
+    if not dist.is_initialized():
+        raise ValueError(f"ep_size={ep_size} needs an initialized torch.distributed process group")
+    W = dist.get_world_size()
+    if W % check_positive_int("ep_size", ep_size):
+        raise ValueError(f"ep_size={ep_size} must divide the world size {W}")
+    if ep_size == W:
+        return None
+    world, group = _GROUPS.get(ep_size, (None, None))
+    if world is not dist.group.WORLD:
+        groups = [dist.new_group(list(range(start, start + ep_size))) for start in range(0, W, ep_size)]
+        group = groups[dist.get_rank() // ep_size]
+        _GROUPS[ep_size] = (dist.group.WORLD, group)
+    return group

@@ -18,6 +18,8 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
+from ..checks import check_positive_int
+
 
 def _worker(rank: int, world_size: int, store_path: str, timeout: float, fn, args: tuple, results) -> None:
     try:
@@ -34,8 +36,7 @@ def _worker(rank: int, world_size: int, store_path: str, timeout: float, fn, arg
 
 def run_workers(fn, world_size: int, *args, timeout: float = 60.0) -> list:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; returns the results in rank order."""
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+    check_positive_int("world_size", world_size)
     context = multiprocessing.get_context("spawn")
     results, done = context.Queue(), {}
     with tempfile.TemporaryDirectory() as folder:

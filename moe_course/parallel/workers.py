@@ -1,9 +1,10 @@
 """Worker functions for :func:`~moe_course.parallel.launch.run_workers` (importable, as spawned workers need).
 
 A *case* is a dict that fixes everything by its seed: the layer's sizes (``d_model``, ``d_ff``, ``E``, ``k``,
-``activation``, ``backend``), ``tokens`` per rank, optionally ``capacity_factor``, and optionally a fixed routing
-(``indices`` [T, k] over the concatenated batch, with router weights drawn from the seed) instead of the router.
-Every rank builds the same single-process layer and batch from it and runs its shard; the caller compares.
+``activation``, ``backend``), ``tokens`` per rank, optionally ``capacity_factor``, optionally a fixed routing
+(``indices`` [T, k] over the concatenated batch, with router weights drawn from the seed) instead of the router,
+and optionally ``ep_size`` (expert-parallel groups smaller than the world). Every rank builds the same
+single-process layer and batch from it and runs its shard; the caller compares.
 """
 
 import torch
@@ -11,6 +12,7 @@ import torch.distributed as dist
 
 from ..layer import MoELayer
 from ..routing import Routing
+from .comm import expert_parallel_group
 from .layer import ExpertParallelMoE, expert_parallel_moe
 
 
@@ -32,7 +34,8 @@ def ep_case(rank: int, world_size: int, case: dict) -> dict:
     start = sum(case["tokens"][:rank])
     rows = slice(start, start + case["tokens"][rank])
     x_local = x[rows].clone().requires_grad_()
-    ep = ExpertParallelMoE.from_layer(layer)
+    group = expert_parallel_group(case.get("ep_size", world_size))
+    ep = ExpertParallelMoE.from_layer(layer, group)
     result = {}
     if weights is None:
         y = ep(x_local)
@@ -42,7 +45,7 @@ def ep_case(rank: int, world_size: int, case: dict) -> dict:
         scores = torch.zeros(x_local.shape[0], case["E"])
         routing = Routing(case["indices"][rows], w_local, scores, scores)
         capacity = case.get("capacity")
-        y, stats = expert_parallel_moe(x_local, routing, ep.experts, case["E"], None, ep.backend, capacity)
+        y, stats = expert_parallel_moe(x_local, routing, ep.experts, case["E"], group, ep.backend, capacity)
     y.backward(dy[rows])
     w1, w2 = ep.experts.w1, ep.experts.w2  # experts that ran on no row at all have no gradient: zero
     dw1 = torch.zeros_like(w1) if w1.grad is None else w1.grad
@@ -83,9 +86,16 @@ def sleeping_worker(rank: int, world_size: int, seconds: float) -> None:
     time.sleep(seconds)
 
 
-def ep_size_layer(rank: int, world_size: int) -> tuple:
-    """``MoE(..., ep_size=world_size)`` on every rank: (its class name, experts held here)."""
+def ep_size_layers(rank: int, world_size: int, ep_sizes: list) -> list:
+    """``MoE(16, num_experts=8, ep_size=P)`` on every rank for each P: (class name, experts held here, the size of
+    this rank's expert-parallel group and its place in it), or the message of the ValueError it raised."""
     from ..layer import MoE
 
-    layer = MoE(16, num_experts=8, k=2, ep_size=world_size)
-    return type(layer).__name__, layer.experts.E
+    built = []
+    for P in ep_sizes:
+        try:
+            m = MoE(16, num_experts=8, k=2, ep_size=P)
+            built.append((type(m).__name__, m.experts.E, dist.get_world_size(m.group), dist.get_rank(m.group)))
+        except ValueError as error:
+            built.append(str(error))
+    return built
