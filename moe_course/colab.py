@@ -11,6 +11,8 @@ from pathlib import Path
 
 import nbformat
 
+from .workspace import course_notebooks
+
 COURSE_URL = "https://github.com/moe-course/moe-course"
 BRANCH = "main"
 MARKER = "# Colab only"  # the set-up cell's first words: how a notebook's copy of it is found
@@ -42,11 +44,6 @@ def colab_link(path: str) -> str:
     return f"https://colab.research.google.com/github/{COURSE_URL.removeprefix('https://github.com/')}/blob/{BRANCH}/{path}"
 
 
-def course_notebooks(repo: Path) -> list:
-    """The notebooks that carry the set-up cell: every lesson and every assignment source."""
-    return sorted((repo / "notebooks").glob("*.ipynb")) + sorted((repo / "solutions").glob("*/*.ipynb"))
-
-
 def is_setup_cell(cell) -> bool:
     return cell.cell_type == "code" and cell.source.startswith(MARKER)
 
@@ -62,7 +59,7 @@ def with_setup_cell(nb):
 
 
 def main(repo: Path = Path(".")) -> None:
-    for path in course_notebooks(repo):
+    for path in course_notebooks(repo, "solutions"):  # the assignments' sources: `make exercises` releases them
         nbformat.write(with_setup_cell(nbformat.read(path, as_version=4)), path)
         print(f"set-up cell written: {path}")
 

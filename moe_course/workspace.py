@@ -20,10 +20,14 @@ from nbformat.sign import NotebookNotary
 WORKSPACE = "workspace"
 
 
+def course_notebooks(repo: Path, assignments: str) -> list:
+    """Every lesson and every assignment notebook of ``assignments`` (``"exercises"`` or ``"solutions"``)."""
+    return sorted((repo / "notebooks").glob("*.ipynb")) + sorted((repo / assignments).glob("*/*.ipynb"))
+
+
 def course_files(repo: Path) -> list:
     """The notebooks a learner works on, relative to ``repo``: every lesson and every exercise."""
-    files = sorted((repo / "notebooks").glob("*.ipynb")) + sorted((repo / "exercises").glob("*/*.ipynb"))
-    return [f.relative_to(repo) for f in files]
+    return [f.relative_to(repo) for f in course_notebooks(repo, "exercises")]
 
 
 def make_workspace(repo: Path, workspace: Path) -> list:

@@ -7,13 +7,14 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from moe_course.colab import COURSE_URL, SETUP_CELL, colab_link, course_notebooks, is_setup_cell
+from moe_course.colab import COURSE_URL, SETUP_CELL, colab_link, is_setup_cell
+from moe_course.workspace import course_notebooks
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASED = sorted((REPO / "exercises").glob("*/*.ipynb"))
 
 
-@pytest.mark.parametrize("path", course_notebooks(REPO) + RELEASED, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", course_notebooks(REPO, "solutions") + RELEASED, ids=lambda p: p.name)
 def test_every_notebook_has_the_setup_cell_below_its_title(path):
     cells = nbformat.read(path, as_version=4).cells
     assert cells[0].cell_type == "markdown" and cells[0].source.startswith("# ")
