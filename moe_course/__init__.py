@@ -6,8 +6,13 @@
 - ``dispatch`` sort (token, slot) pairs by expert, permute and un-permute
 - ``capacity`` expert capacity, which pairs are dropped, padding waste
 - ``kernels``  fused Triton expert kernels, forward and backward (Triton's interpreter without a GPU)
-- ``parallel`` expert parallelism: the all-to-all layer on torch.distributed, a launcher for CPU ranks
-- ``layer``    the MoE layer and its backends (loop, vectorized, triton), and the ``MoE`` constructor
+- ``backends`` the expert block computed four ways: loop (the reference), vectorized, grouped GEMM, Triton
+- ``config``   ``MoEConfig``: one MoE layer's sizes and choices, validated once
+- ``exchange`` where the experts live: all on this process (``LocalExchange``)
+- ``parallel`` expert parallelism on torch.distributed: the all-to-all exchange, data parallelism around it,
+               a launcher for CPU ranks
+- ``layer``    ``MoELayer``, local or expert-parallel, and what each call did (``LayerStats``)
+- ``factory``  ``MoE(...)``: a whole layer in one call
 - ``load``     per-expert load, the balance coefficient, router entropy
 - ``losses``   load balancing: Switch loss, sequence-wise loss, z-loss, the selection-bias update
 - ``text``     the course corpus, a character tokenizer, batches
@@ -20,9 +25,11 @@
 - ``checks``   the argument checks the public functions share
 """
 
+from .config import MoEConfig
 from .experts import FFN, Experts
-from .layer import MoE, MoELayer
+from .factory import MoE
+from .layer import MoELayer
 from .routing import Router, Routing, top_k_routing
 
 __version__ = "0.1.0"
-__all__ = ["FFN", "Experts", "MoE", "MoELayer", "Router", "Routing", "top_k_routing"]
+__all__ = ["FFN", "Experts", "MoE", "MoEConfig", "MoELayer", "Router", "Routing", "top_k_routing"]

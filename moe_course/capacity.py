@@ -10,6 +10,7 @@ import math
 import torch
 
 from .checks import check_choice, check_expert_indices, check_non_negative_int, check_number, check_positive_int
+from .dispatch import order_by_expert
 
 POLICIES = ("arrival", "priority")
 
@@ -22,6 +23,11 @@ def expert_capacity(T: int, E: int, k: int, capacity_factor: float) -> int:
     check_positive_int("E", E)
     check_positive_int("k", k)
     check_number("capacity_factor", capacity_factor, positive=True)
+    return capacity_of(T, E, k, capacity_factor)
+
+
+def capacity_of(T: int, E: int, k: int, capacity_factor: float) -> int:
+    """:func:`expert_capacity` without the argument checks (the layer checked its configuration once)."""
     return math.ceil(capacity_factor * T * k / E)
 
 
@@ -41,16 +47,19 @@ def capacity_keep(
     check_choice("policy", policy, POLICIES)
     if weights.shape != indices.shape:
         raise ValueError(f"weights must have the shape of indices {tuple(indices.shape)}, got {tuple(weights.shape)}")
+    return keep_within_capacity(indices, weights, E, capacity, policy)
+
+
+def keep_within_capacity(indices: torch.Tensor, weights: torch.Tensor, E: int, capacity: int, policy: str):
+    """:func:`capacity_keep` without the argument checks: each expert keeps the first ``capacity`` pairs of its
+    queue, the pairs ranked within their expert in the policy's sequence."""
     T, k = indices.shape
     sequence = torch.arange(T * k, device=indices.device).view(T, k).T.reshape(-1)  # pair ids in arrival order
     if policy == "priority":
         sequence = sequence[torch.sort(-weights.detach().reshape(-1)[sequence], stable=True).indices]
-    experts = indices.reshape(-1)[sequence]
-    by_expert = torch.sort(experts, stable=True).indices  # queue order within each expert
-    counts = torch.bincount(experts, minlength=E)
-    position = torch.arange(T * k, device=indices.device) - (torch.cumsum(counts, 0) - counts)[experts[by_expert]]
+    queues = order_by_expert(indices.reshape(-1)[sequence], E)
     keep = torch.zeros(T * k, dtype=torch.bool, device=indices.device)
-    keep[sequence[by_expert]] = position < capacity
+    keep[sequence[queues.order]] = queues.ranks < capacity
     return keep.view(T, k)
 
 

@@ -12,9 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_choice, check_positive_int
+from .checks import check_choice, check_non_negative_int, check_positive_int
 
 ACTIVATIONS = ("gelu", "swiglu")
+
+
+def first_width(d_ff: int, activation: str) -> int:
+    """Columns of the first projection W1: ``2·d_ff`` for SwiGLU (gate and up side by side), else ``d_ff``."""
+    return 2 * d_ff if activation == "swiglu" else d_ff
 
 
 def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
@@ -45,8 +50,7 @@ class FFN(nn.Module):
         check_positive_int("d_ff", d_ff)
         check_choice("activation", activation, ACTIVATIONS)
         self.d_model, self.d_ff, self.activation = d_model, d_ff, activation
-        width = 2 * d_ff if activation == "swiglu" else d_ff
-        self.w1 = nn.Parameter(torch.empty(d_model, width))
+        self.w1 = nn.Parameter(torch.empty(d_model, first_width(d_ff, activation)))
         self.w2 = nn.Parameter(torch.empty(d_ff, d_model))
         _init_(self.w1, d_model)
         _init_(self.w2, d_ff)
@@ -59,22 +63,29 @@ class FFN(nn.Module):
 class Experts(nn.Module):
     """E expert FFNs with stacked weights ``w1: [E, d_model, d_ff(·2)]`` and ``w2: [E, d_ff, d_model]``.
 
-    Stacking keeps every expert's weights in two tensors, the layout grouped GEMMs and kernels read.
+    Stacking keeps every expert's weights in two tensors, the layout grouped GEMMs and kernels read. ``first``:
+    the global id of expert 0 here, when these E are one rank's shard of a larger set (expert parallelism).
     """
 
-    def __init__(self, E: int, d_model: int, d_ff: int, activation: str = "swiglu"):
+    def __init__(self, E: int, d_model: int, d_ff: int, activation: str = "swiglu", first: int = 0):
         super().__init__()
         check_positive_int("E", E)
         check_positive_int("d_model", d_model)
         check_positive_int("d_ff", d_ff)
         check_choice("activation", activation, ACTIVATIONS)
-        self.E, self.d_model, self.d_ff, self.activation = E, d_model, d_ff, activation
-        width = 2 * d_ff if activation == "swiglu" else d_ff
-        self.w1 = nn.Parameter(torch.empty(E, d_model, width))
+        check_non_negative_int("first", first)
+        self.E, self.d_model, self.d_ff, self.activation, self.first = E, d_model, d_ff, activation, first
+        self.w1 = nn.Parameter(torch.empty(E, d_model, first_width(d_ff, activation)))
         self.w2 = nn.Parameter(torch.empty(E, d_ff, d_model))
         _init_(self.w1, d_model)
         _init_(self.w2, d_ff)
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """Run expert ``e`` on its tokens x: [n, d_model] -> [n, d_model]."""
+        """Run expert ``e`` on its tokens x: [n, d_model] -> [n, d_model]. Readable, for one expert; a backend
+        running many takes :meth:`unbound` once instead (indexing ``w1[e]`` per expert costs a backward pass
+        that fills and adds a zero gradient the size of all E experts, per index)."""
         return ffn(x, self.w1[e], self.w2[e], self.activation)
+
+    def unbound(self) -> list:
+        """Every expert's (w1, w2) as views: one backward node for all E instead of one per expert."""
+        return list(zip(self.w1.unbind(0), self.w2.unbind(0), strict=True))

@@ -8,6 +8,7 @@ Biases, norms and the activation function are ignored in the FFN rows; the whole
 from dataclasses import dataclass
 
 from .checks import check_non_negative_int, check_number, check_positive_int, check_top_k
+from .config import MoEConfig
 
 
 def ffn_params(d_model: int, d_ff: int, gated: bool = False) -> int:
@@ -51,6 +52,12 @@ def moe_ffn_cost(d_model: int, d_ff: int, E: int, k: int, s: int = 0, gated: boo
     return MoECost(
         E=E, k=k, s=s, stored_params=(E + s) * one, flops_per_token=2 * (k + s) * one, active_params=(k + s) * one
     )
+
+
+def moe_layer_cost(config: MoEConfig) -> MoECost:
+    """:func:`moe_ffn_cost` of an MoE layer's configuration (SwiGLU experts are gated)."""
+    c = config
+    return moe_ffn_cost(c.d_model, c.d_ff, c.E, c.k, c.n_shared, gated=c.activation == "swiglu")
 
 
 def format_cost_table(d_model: int, d_ff: int, configs, gated: bool = False) -> str:
@@ -103,6 +110,8 @@ class ModelConfig:
 
     Attention uses grouped-query heads: ``n_heads`` query heads and ``n_kv_heads`` key/value heads of size
     ``head_dim`` (default ``d_model // n_heads``). Every layer has two RMSNorms; one more sits before the LM head.
+    ``n_positions``: learned position embeddings (0 for rotary ones, which have no weights). ``router_gates``:
+    ``d_model × E`` matrices per router (2 for noisy top-k's learned noise gate).
     """
 
     vocab_size: int
@@ -117,12 +126,16 @@ class ModelConfig:
     gated: bool = True
     tie_embeddings: bool = False
     head_dim: int | None = None
+    n_positions: int = 0
+    router_gates: int = 1
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
             check_positive_int(name, getattr(self, name))
         check_top_k(self.k, self.E)
         check_non_negative_int("s", self.s)
+        check_non_negative_int("n_positions", self.n_positions)
+        check_positive_int("router_gates", self.router_gates)
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(
                 f"n_heads must divide d_model when head_dim is not given, got {self.n_heads}, {self.d_model}"
@@ -149,11 +162,12 @@ def count_model_params(config: ModelConfig) -> dict:
     lm_head = 0 if c.tie_embeddings else embedding
     attention = c.d_model * head_dim * (2 * c.n_heads + 2 * c.n_kv_heads)  # q and o, k and v
     norms = 2 * c.d_model
-    router = c.d_model * c.E if c.E > 1 else 0
+    router = c.router_gates * c.d_model * c.E if c.E > 1 else 0
     expert = ffn_params(c.d_model, c.d_ff, c.gated)
     per_layer_fixed = attention + norms + router
     parts = {
         "embedding": embedding,
+        "positions": c.n_positions * c.d_model,
         "attention": c.n_layers * attention,
         "norms": c.n_layers * norms + c.d_model,
         "router": c.n_layers * router,
@@ -161,5 +175,6 @@ def count_model_params(config: ModelConfig) -> dict:
         "lm_head": lm_head,
     }
     parts["total"] = sum(parts.values())
-    parts["active"] = embedding + lm_head + c.d_model + c.n_layers * (per_layer_fixed + (c.k + c.s) * expert)
+    fixed = embedding + parts["positions"] + lm_head + c.d_model
+    parts["active"] = fixed + c.n_layers * (per_layer_fixed + (c.k + c.s) * expert)
     return parts

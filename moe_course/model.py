@@ -1,41 +1,54 @@
 """A tiny decoder-only transformer whose FFNs are dense or MoE: the course's language model to experiment on."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_choice, check_positive_int
+from .config import MoEConfig
 from .experts import FFN
+from .flops import ModelConfig
 from .layer import MoELayer
 
 
-@dataclass
+@dataclass(frozen=True)
 class TinyLMConfig:
-    """Sizes of the model. With ``ffn="dense"`` each block has one FFN of width ``d_ff``; with ``ffn="moe"`` it
-    has E experts of width ``d_ff`` routed top-k by ``router`` (``moe_options`` go to :class:`MoELayer`:
-    ``n_shared``, ``capacity_factor``, router options)."""
+    """Sizes of the model. ``moe`` is the configuration of every block's MoE FFN (d_model, d_ff, E, k, router, ...,
+    :class:`~moe_course.config.MoEConfig`); with ``ffn="dense"`` each block has one dense FFN of ``moe``'s
+    ``d_ff`` and activation instead."""
 
     vocab_size: int
     seq_len: int = 64
-    d_model: int = 128
     n_layers: int = 2
     n_heads: int = 4
-    d_ff: int = 128
     ffn: str = "moe"
-    E: int = 8
-    k: int = 2
-    router: str = "topk"
-    activation: str = "swiglu"
-    moe_options: dict = field(default_factory=dict)
+    moe: MoEConfig = MoEConfig(d_model=128, d_ff=128)
 
     def __post_init__(self):
-        for name in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "d_ff"):
+        for name in ("vocab_size", "seq_len", "n_layers", "n_heads"):
             check_positive_int(name, getattr(self, name))
         check_choice("ffn", self.ffn, ("dense", "moe"))
+        if not isinstance(self.moe, MoEConfig):
+            raise ValueError(f"moe must be an MoEConfig, got {type(self.moe).__name__}")
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads must divide d_model={self.d_model}, got {self.n_heads}")
+
+    @property
+    def d_model(self) -> int:
+        return self.moe.d_model
+
+    def model_config(self) -> ModelConfig:
+        """This model for the FLOP accounting (:func:`moe_course.flops.count_model_params`): full multi-head
+        attention, tied embeddings, learned positions; a dense model counts as E = k = 1."""
+        m = self.moe
+        E, k, s = (m.E, m.k, m.n_shared) if self.ffn == "moe" else (1, 1, 0)
+        return ModelConfig(
+            vocab_size=self.vocab_size, d_model=m.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
+            n_kv_heads=self.n_heads, d_ff=m.d_ff, E=E, k=k, s=s, gated=m.activation == "swiglu",
+            tie_embeddings=True, n_positions=self.seq_len, router_gates=2 if m.router == "noisy_topk" else 1,
+        )  # fmt: skip
 
 
 class CausalSelfAttention(nn.Module):
@@ -56,15 +69,12 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attention(norm(x)), then x + ffn(norm(x))."""
 
-    def __init__(self, config: TinyLMConfig):
+    def __init__(self, config: TinyLMConfig, exchange=None):
         super().__init__()
-        c = config
-        self.norm1, self.norm2 = nn.RMSNorm(c.d_model), nn.RMSNorm(c.d_model)
-        self.attn = CausalSelfAttention(c.d_model, c.n_heads)
-        if c.ffn == "dense":
-            self.ffn = FFN(c.d_model, c.d_ff, c.activation)
-        else:
-            self.ffn = MoELayer(c.d_model, c.d_ff, c.E, c.k, c.activation, router=c.router, **c.moe_options)
+        c, m = config, config.moe
+        self.norm1, self.norm2 = nn.RMSNorm(m.d_model), nn.RMSNorm(m.d_model)
+        self.attn = CausalSelfAttention(m.d_model, c.n_heads)
+        self.ffn = FFN(m.d_model, m.d_ff, m.activation) if c.ffn == "dense" else MoELayer(m, exchange)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -72,14 +82,16 @@ class Block(nn.Module):
 
 
 class TinyLM(nn.Module):
-    """Token and position embeddings, ``n_layers`` blocks, a final norm, and an LM head tied to the embedding."""
+    """Token and position embeddings, ``n_layers`` blocks, a final norm, and an LM head tied to the embedding.
+    ``exchange``: where the MoE layers' experts live (see :class:`~moe_course.layer.MoELayer`; all here by
+    default)."""
 
-    def __init__(self, config: TinyLMConfig):
+    def __init__(self, config: TinyLMConfig, exchange=None):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.seq_len, config.d_model)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(Block(config, exchange) for _ in range(config.n_layers))
         self.norm = nn.RMSNorm(config.d_model)
         # small embeddings (GPT-2's 0.02): the tied LM head then starts near uniform over the vocabulary
         nn.init.normal_(self.tok_emb.weight, std=0.02)

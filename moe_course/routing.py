@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .capacity import expert_capacity
+from .capacity import capacity_of
 from .checks import (
     check_choice,
     check_hidden,
@@ -94,6 +94,13 @@ def top_k_routing(
     check_top_k(k, logits.shape[1])
     check_order(order, renormalize)
     check_bias(bias, logits.shape[1])
+    return _top_k(logits, k, order, renormalize, bias)
+
+
+# The routers' unchecked cores: what a Router runs after checking its settings once, at construction.
+
+
+def _top_k(logits, k, order, renormalize, bias) -> Routing:
     probs = torch.softmax(logits, dim=-1)
     scores = probs if order == "softmax_then_topk" else logits
     indices = torch.topk(scores if bias is None else scores + bias, k, dim=-1).indices
@@ -113,8 +120,13 @@ def noisy_top_k_routing(
     noise lets a token sometimes try an expert just below its top k, which spreads the load. ``logits`` of the
     returned Routing are the noisy ones."""
     check_logits(logits)
+    check_top_k(k, logits.shape[1])
+    return _noisy_top_k(logits, k, noise_std, generator)
+
+
+def _noisy_top_k(logits, k, noise_std, generator=None) -> Routing:
     noise = torch.randn(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    return top_k_routing(logits + noise * noise_std, k, order="topk_then_softmax")
+    return _top_k(logits + noise * noise_std, k, "topk_then_softmax", True, None)
 
 
 def switch_routing(logits: torch.Tensor) -> Routing:
@@ -135,6 +147,11 @@ def expert_choice_routing(logits: torch.Tensor, capacity: int) -> Routing:
     check_non_negative_int("capacity", capacity)
     if capacity > T:
         raise ValueError(f"capacity must be at most the number of tokens T={T}, got {capacity}")
+    return _expert_choice(logits, capacity)
+
+
+def _expert_choice(logits, capacity) -> Routing:
+    T, E = logits.shape
     probs = torch.softmax(logits, dim=-1)
     chosen = torch.topk(probs, capacity, dim=0).indices  # [capacity, E]: the tokens each expert takes
     keep = torch.zeros(T, E, dtype=torch.bool, device=logits.device)
@@ -149,6 +166,10 @@ def sigmoid_routing(logits: torch.Tensor, k: int, bias: torch.Tensor | None = No
     check_logits(logits)
     check_top_k(k, logits.shape[1])
     check_bias(bias, logits.shape[1])
+    return _sigmoid(logits, k, bias)
+
+
+def _sigmoid(logits, k, bias) -> Routing:
     scores = torch.sigmoid(logits)
     indices = torch.topk(scores if bias is None else scores + bias, k, dim=-1).indices
     chosen = scores.gather(1, indices)
@@ -172,6 +193,11 @@ def group_limited_routing(logits: torch.Tensor, k: int, n_groups: int, topk_grou
         raise ValueError(f"topk_groups must be at most n_groups={n_groups}, got {topk_groups}")
     if k > topk_groups * (E // n_groups):
         raise ValueError(f"k={k} must be at most the experts in the kept groups, {topk_groups * (E // n_groups)}")
+    return _group_limited(logits, k, n_groups, topk_groups)
+
+
+def _group_limited(logits, k, n_groups, topk_groups) -> Routing:
+    T, E = logits.shape
     probs = torch.softmax(logits, dim=-1)
     group_scores = probs.view(T, n_groups, E // n_groups).amax(dim=-1)  # [T, n_groups]
     groups = torch.topk(group_scores, topk_groups, dim=-1).indices
@@ -191,6 +217,19 @@ def jitter(x: torch.Tensor, eps: float, generator: torch.Generator | None = None
 
 
 METHODS = ("topk", "noisy_topk", "switch", "expert_choice", "sigmoid", "group_limited")
+
+
+def check_router(E, k, method, order, renormalize, n_groups, topk_groups, capacity_factor, jitter_eps) -> None:
+    """Every check of a router's settings (see :class:`Router`), raising ``ValueError`` naming the argument."""
+    check_top_k(k, E)
+    check_choice("method", method, METHODS)
+    check_order(order, renormalize)
+    if method == "switch" and k != 1:
+        raise ValueError(f"k must be 1 for switch routing, got {k}")
+    if method == "group_limited":
+        group_limited_routing(torch.zeros(1, E), k, n_groups, topk_groups)  # validate the groups now
+    check_number("capacity_factor", capacity_factor, positive=True)
+    check_number("jitter_eps", jitter_eps)
 
 
 class Router(nn.Module):
@@ -219,15 +258,7 @@ class Router(nn.Module):
     ):
         super().__init__()
         check_positive_int("d_model", d_model)
-        check_top_k(k, E)
-        check_choice("method", method, METHODS)
-        check_order(order, renormalize)
-        if method == "switch" and k != 1:
-            raise ValueError(f"k must be 1 for switch routing, got {k}")
-        if method == "group_limited":
-            group_limited_routing(torch.zeros(1, E), k, n_groups, topk_groups)  # validate the groups now
-        check_number("capacity_factor", capacity_factor, positive=True)
-        check_number("jitter_eps", jitter_eps)
+        check_router(E, k, method, order, renormalize, n_groups, topk_groups, capacity_factor, jitter_eps)
         self.d_model, self.E, self.k, self.method = d_model, E, k, method
         self.order, self.renormalize = order, renormalize
         self.n_groups, self.topk_groups = n_groups, topk_groups
@@ -239,19 +270,22 @@ class Router(nn.Module):
     def forward(self, x: torch.Tensor) -> Routing:
         """x: [T, d_model] -> Routing for T tokens."""
         check_hidden("x", x, self.d_model)
+        return self.route(x)
+
+    def route(self, x: torch.Tensor) -> Routing:
+        """:meth:`forward` without checking x (the MoE layer checked it)."""
         if self.training and self.jitter_eps > 0:
             x = jitter(x, self.jitter_eps)
         logits = self.gate(x)
         if self.method == "topk":
-            return top_k_routing(logits, self.k, self.order, self.renormalize, self.bias)
+            return _top_k(logits, self.k, self.order, self.renormalize, self.bias)
         if self.method == "noisy_topk":
             noise_std = nn.functional.softplus(self.noise_gate(x)) if self.training else 0.0
-            return noisy_top_k_routing(logits, self.k, noise_std)
+            return _noisy_top_k(logits, self.k, noise_std)
         if self.method == "switch":
-            return switch_routing(logits)
+            return _top_k(logits, 1, "softmax_then_topk", False, None)
         if self.method == "sigmoid":
-            return sigmoid_routing(logits, self.k, self.bias)
+            return _sigmoid(logits, self.k, self.bias)
         if self.method == "group_limited":
-            return group_limited_routing(logits, self.k, self.n_groups, self.topk_groups)
-        capacity = min(expert_capacity(x.shape[0], self.E, self.k, self.capacity_factor), x.shape[0])
-        return expert_choice_routing(logits, capacity)
+            return _group_limited(logits, self.k, self.n_groups, self.topk_groups)
+        return _expert_choice(logits, min(capacity_of(x.shape[0], self.E, self.k, self.capacity_factor), x.shape[0]))

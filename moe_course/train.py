@@ -135,10 +135,10 @@ def train(model: TinyLM, train_ids: torch.Tensor, val_ids: torch.Tensor, config:
         layers = model.moe_layers()
         if c.balance == "bias":
             for layer in layers:
-                update_bias(layer.router.bias, layer.last_stats["counts"], c.bias_gamma)
+                update_bias(layer.router.bias, layer.last_stats.counts, c.bias_gamma)
         history.loss.append(loss.item())
-        history.counts.append([layer.last_stats["counts"] for layer in layers])
+        history.counts.append([layer.last_stats.counts for layer in layers])
         history.entropy.append([router_entropy(layer.last_routing.probs.detach()) for layer in layers])
-        history.dropped.append([layer.last_stats["dropped_pairs"] for layer in layers])
+        history.dropped.append([layer.last_stats.dropped_pairs for layer in layers])
     history.val_loss = evaluate(model, val_ids, c.batch_size, c.eval_batches)
     return history

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from moe_course.dispatch import permute, sort_by_expert, unpermute_and_combine
+from moe_course.dispatch import order_by_expert, permute, sort_by_expert, unpermute_and_combine
 from moe_course.load import balance_coefficient, expert_load
 
 
@@ -14,6 +14,25 @@ def test_sort_by_expert_blocks_are_contiguous_and_stable():
     assert d.order.tolist() == [1, 2, 6, 3, 5, 0, 4, 7]
     assert d.token_ids.tolist() == [0, 1, 3, 1, 2, 0, 2, 3]
     assert torch.equal(indices.reshape(-1)[d.order], torch.tensor([0, 0, 0, 1, 1, 2, 2, 2]))
+    assert d.ranks.tolist() == [0, 1, 2, 0, 1, 0, 1, 2]  # each sorted pair's place in its expert's block
+
+
+def test_order_by_expert_against_a_python_sort():
+    g = torch.Generator().manual_seed(0)
+    E = 5
+    experts = torch.randint(0, E + 1, (200,), generator=g)  # E marks an entry left out
+    s = order_by_expert(experts, E)
+    expected = sorted(range(200), key=lambda i: experts[i].item())  # Python's sort is stable
+    assert s.order.tolist() == expected
+    assert s.counts.tolist() == [int((experts == e).sum()) for e in range(E)]
+    assert s.offsets.tolist() == [0, *torch.cumsum(s.counts, 0).tolist()]
+    seen = {}
+    for row, i in enumerate(expected):  # rank: how many entries of the same expert came before
+        e = experts[i].item()
+        assert s.ranks[row] == seen.get(e, 0)
+        seen[e] = seen.get(e, 0) + 1
+    given = order_by_expert(experts, E, counts=s.counts.int())  # counts from elsewhere (a Triton histogram)
+    assert torch.equal(given.ranks, s.ranks) and torch.equal(given.offsets, s.offsets)
 
 
 def test_round_trip_returns_each_token_times_its_weights():

@@ -6,33 +6,22 @@ import pytest
 import torch
 
 import moe_course.kernels.experts as kernel_experts
+from moe_course.backends import loop_moe
+from moe_course.config import MoEConfig
 from moe_course.experts import Experts
-from moe_course.kernels import align, expert_counts, fused_experts
-from moe_course.layer import MoELayer, loop_moe
+from moe_course.kernels import align, expert_counts, fill_buffers, fused_experts
+from moe_course.layer import MoELayer
 from moe_course.model import TinyLM, TinyLMConfig
-from moe_course.routing import Routing
+from tests.conftest import make_indices, run_forward_backward
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
 
 
 @pytest.fixture(autouse=True)
-def poisoned_buffers(monkeypatch):
-    def poisoned(shape, like, dtype=None):
-        return torch.full(shape, float("nan"), dtype=dtype or like.dtype, device=like.device)
-
-    monkeypatch.setattr(kernel_experts, "_empty", poisoned)
-
-
-def routing_indices(kind: str, T: int, k: int, E: int, g: torch.Generator) -> torch.Tensor:
-    """[T, k] distinct experts per token: ``uniform`` random, ``one_expert`` (every token's first choice is
-    expert E-1), ``half_idle`` (experts E/2.. get nothing)."""
-    if kind == "uniform":
-        return torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)])
-    if kind == "one_expert":
-        rest = torch.stack([torch.randperm(E - 1, generator=g)[: k - 1] for _ in range(T)])
-        return torch.cat([torch.full((T, 1), E - 1), rest], dim=1)
-    return torch.stack([torch.randperm(E // 2, generator=g)[:k] for _ in range(T)])
+def poisoned_buffers():
+    with fill_buffers(float("nan")):
+        yield
 
 
 def run_both(T, k, E, D, F, activation, kind="uniform", drop=0.0, combine="reduce", dtype=torch.float32, seed=0):
@@ -41,26 +30,20 @@ def run_both(T, k, E, D, F, activation, kind="uniform", drop=0.0, combine="reduc
     torch.manual_seed(seed)
     experts = Experts(E, D, F, activation).double()
     x = torch.randn(T, D, generator=g, dtype=torch.float64)
-    indices = routing_indices(kind, T, k, E, g)
+    indices = make_indices(kind, T, k, E, g)
     weights = torch.rand(T, k, generator=g, dtype=torch.float64)
     keep = torch.rand(T, k, generator=g) >= drop if drop else None
-    dy = torch.randn(T, D, generator=g, dtype=torch.float64)
+    reference = run_forward_backward(
+        lambda x, w: loop_moe(x, indices, w, keep, experts), [x, weights], [experts.w1, experts.w2], seed
+    )
 
-    x_ref, w_ref = x.clone().requires_grad_(), weights.clone().requires_grad_()
-    zeros = torch.zeros(T, E, dtype=torch.float64)
-    y_ref = loop_moe(x_ref, Routing(indices, w_ref, zeros, zeros, keep), experts)
-    y_ref.backward(dy)
-    reference = (y_ref.detach(), x_ref.grad, w_ref.grad, experts.w1.grad, experts.w2.grad)
+    def kernels(x, w, w1, w2):
+        move = None if keep is None else keep.to(DEVICE)
+        return fused_experts(x, indices.to(DEVICE), w, w1, w2, activation, move, combine)
 
-    def on_device(t):
-        return t.detach().to(DEVICE, dtype).requires_grad_()
-
-    x_k, w_k = on_device(x), weights.detach().float().to(DEVICE).requires_grad_()
-    w1, w2 = on_device(experts.w1), on_device(experts.w2)
-    move = None if keep is None else keep.to(DEVICE)
-    y = fused_experts(x_k, indices.to(DEVICE), w_k, w1, w2, activation, move, combine)
-    y.backward(dy.to(DEVICE, dtype))
-    got = (y.detach(), x_k.grad, w_k.grad, w1.grad, w2.grad)
+    on_device = [x.to(DEVICE, dtype), weights.to(DEVICE, torch.float32), experts.w1.to(DEVICE, dtype),
+                 experts.w2.to(DEVICE, dtype)]  # fmt: skip
+    got = run_forward_backward(kernels, on_device, [], seed)
     return [t.double().cpu() for t in got], reference
 
 
@@ -81,6 +64,7 @@ CASES = [  # T, k, E, D, F, activation, routing kind, drop probability, combine
     (24, 2, 8, 24, 16, "swiglu", "half_idle", 0.0, "reduce"),  # experts with zero tokens
     (40, 2, 4, 24, 24, "swiglu", "uniform", 0.4, "reduce"),  # pairs dropped by a capacity limit
     (16, 8, 64, 24, 16, "swiglu", "uniform", 0.0, "reduce"),  # k = 8, E = 64
+    (70, 2, 2, 72, 80, "swiglu", "uniform", 0.0, "reduce"),  # full tiles and a partial one in every dimension
 ]
 
 
@@ -98,7 +82,7 @@ def test_kernels_in_fp16():
 def test_alignment_holds_every_kept_pair_once_in_single_expert_blocks():
     g = torch.Generator().manual_seed(1)
     T, k, E, block_m = 45, 2, 6, 8
-    indices = routing_indices("half_idle", T, k, E, g)
+    indices = make_indices("half_idle", T, k, E, g)
     keep = torch.rand(T, k, generator=g) > 0.2
     a = align(indices, E, block_m, keep)
     n = T * k
@@ -128,14 +112,12 @@ def test_expert_counts_skip_dropped_entries():
 
 
 def test_the_triton_backend_trains_like_the_vectorized_one():
-    config = TinyLMConfig(vocab_size=11, seq_len=8, d_model=24, n_heads=2, d_ff=16, E=4, k=2)
     x = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(0))
     losses = {}
     for backend in ("vectorized", "triton"):
         torch.manual_seed(0)
-        model = TinyLM(config)
-        for layer in model.moe_layers():
-            layer.backend = backend
+        moe = MoEConfig(d_model=24, d_ff=16, E=4, k=2, backend=backend)
+        model = TinyLM(TinyLMConfig(vocab_size=11, seq_len=8, n_heads=2, moe=moe))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
         losses[backend] = []
         for _ in range(3):
@@ -149,13 +131,13 @@ def test_the_triton_backend_trains_like_the_vectorized_one():
 
 
 def test_layer_backend_with_capacity_and_shared_experts():
-    torch.manual_seed(0)
-    layer = MoELayer(24, 16, 4, 2, n_shared=1, capacity_factor=0.75)
+    layers = {}
+    for backend in ("vectorized", "triton"):
+        torch.manual_seed(0)
+        layers[backend] = MoELayer(MoEConfig(24, 16, 4, 2, n_shared=1, capacity_factor=0.75, backend=backend))
     x = torch.randn(3, 10, 24)
-    reference = layer(x)
-    layer.backend = "triton"
-    assert torch.allclose(layer(x), reference, atol=1e-5)
-    assert layer.last_stats["dropped_pairs"] > 0
+    assert torch.allclose(layers["triton"](x), layers["vectorized"](x), atol=1e-5)
+    assert layers["triton"].last_stats.dropped_pairs > 0
 
 
 def valid_call():
@@ -189,6 +171,7 @@ def test_bad_calls_are_named_before_any_launch(change, name, monkeypatch):
         raise AssertionError("a kernel was launched")
 
     monkeypatch.setattr(kernel_experts, "align", no_launch)
+    monkeypatch.setattr(kernel_experts, "run_fused_experts", no_launch)
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
         fused_experts(**{**valid_call(), **change})
 

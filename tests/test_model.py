@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from moe_course.config import MoEConfig
+from moe_course.flops import count_model_params
 from moe_course.model import TinyLM, TinyLMConfig
 from moe_course.text import CharTokenizer, get_batch, load_corpus, split
 from moe_course.train import THREADS, TrainConfig, evaluate, torch_threads, train
@@ -10,11 +12,10 @@ TOKENS = CharTokenizer(TEXT)
 TRAIN, VAL = split(TOKENS.encode(TEXT))
 
 
-def small(**overrides):
-    config = dict(vocab_size=TOKENS.vocab_size, seq_len=32, d_model=32, n_layers=2, n_heads=2, d_ff=32, E=4, k=2)
-    config.update(overrides)
+def small(ffn: str = "moe", **moe_options):
+    moe = MoEConfig(d_model=32, d_ff=32, E=4, k=2, **moe_options)
     torch.manual_seed(0)
-    return TinyLM(TinyLMConfig(**config))
+    return TinyLM(TinyLMConfig(TOKENS.vocab_size, seq_len=32, n_layers=2, n_heads=2, ffn=ffn, moe=moe))
 
 
 def test_tokenizer_round_trip_and_corpus():
@@ -57,7 +58,7 @@ def test_bias_balancing_moves_the_router_bias():
 
 
 def test_capacity_drops_are_recorded():
-    model = small(moe_options={"capacity_factor": 0.5})
+    model = small(capacity_factor=0.5)
     h = train(model, TRAIN, VAL, TrainConfig(steps=3, batch_size=4, progress=False))
     assert all(d > 0 for step in h.dropped for d in step)
     assert (h.counts_tensor().sum(-1) + torch.tensor(h.dropped) == 4 * 32 * 2).all()
@@ -101,9 +102,25 @@ def test_dense_model_trains_and_rejects_balancing():
 
 
 @pytest.mark.parametrize(
+    "ffn, options",
+    [("moe", {}), ("dense", {}), ("moe", dict(n_shared=2, activation="gelu")), ("moe", dict(router="noisy_topk"))],
+)
+def test_the_flop_accounting_counts_every_parameter_of_the_model(ffn, options):
+    model = small(ffn, **options)
+    counted = count_model_params(model.config.model_config())
+    assert counted["total"] == sum(p.numel() for p in model.parameters())
+    ffns = [block.ffn for block in model.blocks]
+    routers = [layer.router for layer in model.moe_layers()]
+    ffn_params = [p for f in ffns for name, p in f.named_parameters() if "router" not in name]
+    assert counted["experts"] == sum(p.numel() for p in ffn_params)
+    assert counted["router"] == sum(p.numel() for r in routers for p in r.parameters())
+
+
+@pytest.mark.parametrize(
     "call, name",
     [
-        (lambda: TinyLMConfig(vocab_size=10, d_model=30, n_heads=4), "n_heads"),
+        (lambda: TinyLMConfig(vocab_size=10, moe=MoEConfig(30, 32), n_heads=4), "n_heads"),
+        (lambda: TinyLMConfig(vocab_size=10, moe={"d_model": 32}), "moe"),
         (lambda: TinyLMConfig(vocab_size=10, ffn="sparse"), "ffn"),
         (lambda: TrainConfig(balance="magic"), "balance"),
         (lambda: TrainConfig(steps=0), "steps"),

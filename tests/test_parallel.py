@@ -11,19 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe_course.capacity import capacity_keep, expert_capacity
+from moe_course.config import MoEConfig
 from moe_course.env import has_triton
-from moe_course.layer import MoE, loop_moe
-from moe_course.parallel import ExpertParallelMoE, dispatch_bytes, run_workers
+from moe_course.factory import MoE
+from moe_course.model import TinyLMConfig
+from moe_course.parallel import AllToAllExchange, dispatch_bytes, run_workers
 from moe_course.parallel.workers import (
     build_case,
+    case_capacity,
+    data_parallel_tinylm,
     ep_cases,
-    ep_size_layers,
-    failing_worker,
-    identity_round_trip,
-    sleeping_worker,
+    reference,
+    tinylm_case,
+    train_steps,
 )
-from moe_course.routing import Routing
+from tests.parallel_workers import ep_size_layers, failing_worker, identity_round_trip, sleeping_worker
 
 SIZES = dict(d_model=16, d_ff=24, E=8)
 
@@ -43,65 +45,32 @@ def cases(P: int) -> list:
     ] + ([triton] if has_triton() else [])
 
 
-def reference(case: dict, P: int) -> tuple:
-    """The single-process layer on the concatenated batch (capacity limits applied per rank, as each rank sends at
-    most C rows per expert): output, gradients, and each rank's routing and keep mask."""
-    layer, x, weights, dy = build_case(case)
-    x.requires_grad_()
-    if weights is not None:
-        weights.requires_grad_()
-    outputs, routings = [], []
-    for rows in torch.split(torch.arange(x.shape[0]), case["tokens"]):
-        if weights is None:
-            routing = layer.router(x[rows])
-        else:
-            zeros = torch.zeros(len(rows), case["E"])
-            routing = Routing(case["indices"][rows], weights[rows], zeros, zeros)
-        capacity = case.get("capacity")
-        if "capacity_factor" in case:
-            capacity = expert_capacity(max(case["tokens"]), case["E"], case["k"], case["capacity_factor"])
-        if capacity is not None:
-            routing.keep = capacity_keep(routing.indices, routing.weights, case["E"], capacity)
-        outputs.append(loop_moe(x[rows], routing, layer.experts))
-        routings.append(routing)
-    y = torch.cat(outputs)
-    y.backward(dy)
-    grads = dict(dx=x.grad, dw1=layer.experts.w1.grad, dw2=layer.experts.w2.grad)
-    grads["router_grad" if weights is None else "dweights"] = (
-        layer.router.gate.weight.grad if weights is None else weights.grad
-    )
-    return y.detach(), grads, routings
-
-
 @pytest.mark.parametrize("P", [1, 2, 4])
 def test_expert_parallel_equals_the_single_process_layer(P):
     all_cases = cases(P)
     results = run_workers(ep_cases, P, all_cases)
     for n, case in enumerate(all_cases):
         ranks = [r[n] for r in results]
-        y, grads, routings = reference(case, P)
+        expected, keeps = reference(case)
         message = f"P={P}, case {n}"
-        assert torch.allclose(torch.cat([r["y"] for r in ranks]), y, atol=1e-5), message
-        assert torch.allclose(torch.cat([r["dx"] for r in ranks]), grads["dx"], atol=1e-5), message
-        for name in ("dw1", "dw2"):  # rank r holds experts r·E/P ... (r+1)·E/P - 1
-            assert torch.allclose(torch.cat([r[name] for r in ranks]), grads[name], atol=1e-5), f"{message} {name}"
-        if "router_grad" in grads:  # the replicated router: its gradient is the sum over ranks
-            assert torch.allclose(sum(r["router_grad"] for r in ranks), grads["router_grad"], atol=1e-5), message
-        else:
-            assert torch.allclose(torch.cat([r["dweights"] for r in ranks]), grads["dweights"], atol=1e-5), message
-        stats = [r["stats"] for r in ranks]
+        for name in ("y", "dx", "dw1", "dw2", "dweights"):  # rank r holds experts r·E/P ... (r+1)·E/P - 1
+            if name in expected:
+                got = torch.cat([r[name] for r in ranks])
+                assert torch.allclose(got, expected[name], atol=1e-5), f"{message} {name}"
+        if "router_grad" in expected:  # the replicated router: its gradient is the sum over ranks
+            assert torch.allclose(sum(r["router_grad"] for r in ranks), expected["router_grad"], atol=1e-5), message
+        traffic = [r["traffic"] for r in ranks]
         for s in range(P):  # what s sent to r is what r received from s
-            assert [stats[s]["sent_rows"][r] for r in range(P)] == [stats[r]["received_rows"][s] for r in range(P)]
-        for rank_stats, routing in zip(stats, routings, strict=True):
-            assert rank_stats["dropped_pairs"] == int((~routing.kept()).sum())
-            if routing.keep is None:  # dropless: the bytes are the cost model's, exactly
-                predicted = dispatch_bytes(routing.indices, case["E"], P, case["d_model"], 4)
-                assert rank_stats["sent_bytes"] == predicted, message
+            assert [traffic[s].sent_rows[r] for r in range(P)] == [traffic[r].received_rows[s] for r in range(P)]
+        for rank, keep in zip(ranks, keeps, strict=True):
+            assert rank["dropped_pairs"] == (0 if keep is None else int((~keep).sum()))
+        C = case_capacity(case)
+        for rank in ranks:
+            if C is None:  # dropless: the bytes are the cost model's, exactly
+                predicted = dispatch_bytes(rank["indices"], case["E"], P, case["d_model"], 4)
+                assert rank["traffic"].sent_bytes == predicted, message
             else:  # fixed capacity: C rows per expert to every rank, padding included
-                C = case.get("capacity") or expert_capacity(
-                    max(case["tokens"]), case["E"], case["k"], case["capacity_factor"]
-                )
-                assert rank_stats["sent_bytes"] == [C * case["E"] // P * case["d_model"] * 4] * P, message
+                assert rank["traffic"].sent_bytes == [C * case["E"] // P * case["d_model"] * 4] * P, message
 
 
 def test_identity_experts_return_each_token_times_its_weights():
@@ -139,26 +108,46 @@ def test_expert_parallel_groups_inside_a_larger_world():
     """4 ranks, ep_size 2: groups {0, 1} and {2, 3} each hold all 8 experts, ranks 0 and 2 experts 0-3."""
     case = dict(SIZES, k=2, tokens=[10, 7, 0, 12], seed=6, ep_size=2)
     ranks = [r[0] for r in run_workers(ep_cases, 4, [case])]
-    y, grads, routings = reference(case, 2)
-    assert torch.allclose(torch.cat([r["y"] for r in ranks]), y, atol=1e-5)
-    assert torch.allclose(torch.cat([r["dx"] for r in ranks]), grads["dx"], atol=1e-5)
-    for name in ("dw1", "dw2"):  # a shard's gradient from each group; data parallelism would sum (average) them
+    expected, _ = reference(case)
+    assert torch.allclose(torch.cat([r["y"] for r in ranks]), expected["y"], atol=1e-5)
+    assert torch.allclose(torch.cat([r["dx"] for r in ranks]), expected["dx"], atol=1e-5)
+    for name in ("dw1", "dw2"):  # a shard's gradient from each group: their sum is the whole batch's
         shards = torch.cat([ranks[0][name] + ranks[2][name], ranks[1][name] + ranks[3][name]])
-        assert torch.allclose(shards, grads[name], atol=1e-5), name
-    assert torch.allclose(sum(r["router_grad"] for r in ranks), grads["router_grad"], atol=1e-5)
-    stats = [r["stats"] for r in ranks]
+        assert torch.allclose(shards, expected[name], atol=1e-5), name
+    assert torch.allclose(sum(r["router_grad"] for r in ranks), expected["router_grad"], atol=1e-5)
+    traffic = [r["traffic"] for r in ranks]
     for a, b in [(0, 1), (2, 3)]:  # rows only move inside a group
-        assert stats[a]["sent_rows"][1] == stats[b]["received_rows"][0]
-        assert stats[b]["sent_rows"][0] == stats[a]["received_rows"][1]
-    for rank_stats, routing in zip(stats, routings, strict=True):
-        assert rank_stats["sent_bytes"] == dispatch_bytes(routing.indices, 8, 2, case["d_model"], 4)
+        assert traffic[a].sent_rows[1] == traffic[b].received_rows[0]
+        assert traffic[b].sent_rows[0] == traffic[a].received_rows[1]
+    for rank in ranks:
+        assert rank["traffic"].sent_bytes == dispatch_bytes(rank["indices"], 8, 2, case["d_model"], 4)
+
+
+def test_two_expert_parallel_groups_train_like_one_process():
+    """A 4-rank world as 2 expert-parallel groups × 2 data-parallel replicas: after every SGD step each rank's
+    parameters (its experts' rows) equal one process's trained on the concatenated batch."""
+    config = TinyLMConfig(vocab_size=13, seq_len=8, n_layers=2, n_heads=2, moe=MoEConfig(16, 24, E=4, k=2))
+    case = dict(seed=0, world_size=4, batch=2, config=config, ep_size=2, steps=3)
+    runs = run_workers(data_parallel_tinylm, 4, case, timeout=120)
+    full, x, y = tinylm_case(case)
+    expected = train_steps(full, x, y, case["steps"])
+    for step in range(case["steps"]):
+        for rank, snapshots in enumerate(runs):
+            for name, got in snapshots[step].items():
+                want = expected[step][name]
+                if ".experts." in name:  # rank r holds experts (r % 2)·2 and (r % 2)·2 + 1
+                    want = want[(rank % 2) * 2 : (rank % 2) * 2 + 2]
+                assert torch.allclose(got, want, rtol=0, atol=1e-6), f"step {step}, rank {rank}, {name}"
+    assert not torch.allclose(expected[-1]["tok_emb.weight"], full_start(case)["tok_emb.weight"])  # it trained
+
+
+def full_start(case: dict) -> dict:
+    return dict(tinylm_case(case)[0].named_parameters())
 
 
 def test_ep_size_builds_the_expert_parallel_layer_in_its_group():
     results = run_workers(ep_size_layers, 4, [4, 2, 3])
-    assert [r[:2] for r in results] == [
-        [("ExpertParallelMoE", 2, 4, rank), ("ExpertParallelMoE", 4, 2, rank % 2)] for rank in range(4)
-    ]
+    assert [r[:2] for r in results] == [[(2, 4, rank), (4, 2, rank % 2)] for rank in range(4)]
     assert all(r[2] == "ep_size=3 must divide the world size 4" for r in results)
 
 
@@ -166,7 +155,7 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="ep_size"):
         MoE(16, num_experts=8, ep_size=2)  # no process group of that size
     with pytest.raises(ValueError, match="group"):
-        ExpertParallelMoE(16, 24, 8, 2)  # no process group
+        AllToAllExchange()  # no process group
     with pytest.raises(ValueError, match="world_size"):
         run_workers(failing_worker, 0)
 

@@ -18,6 +18,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from .align import Alignment, align, expert_counts  # noqa: E402
-from .experts import fused_experts  # noqa: E402
+from .experts import fill_buffers, fused_experts  # noqa: E402
 
-__all__ = ["Alignment", "align", "expert_counts", "fused_experts"]
+__all__ = ["Alignment", "align", "expert_counts", "fill_buffers", "fused_experts"]

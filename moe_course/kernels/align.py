@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..dispatch import order_by_expert, pair_experts
+
 
 @triton.jit
 def _histogram_kernel(experts_ptr, counts_ptr, n, E, BLOCK: tl.constexpr):
@@ -66,20 +68,17 @@ def align(indices: torch.Tensor, E: int, block_m: int, keep: torch.Tensor | None
     are left out. Stable: within an expert, pairs stay in pair order."""
     T, k = indices.shape
     n, device = T * k, indices.device
-    experts = indices.reshape(-1) if keep is None else indices.reshape(-1).masked_fill(~keep.reshape(-1), E)
+    experts = pair_experts(indices, E, keep)
     counts = expert_counts(experts, E)
+    s = order_by_expert(experts, E, counts)  # pairs by expert, dropped pairs (expert E) last
     padded_offsets = torch.zeros(E + 1, dtype=torch.int64, device=device)
     padded_offsets[1:] = torch.cumsum(triton.cdiv(counts, block_m) * block_m, dim=0)
-    offsets = torch.cumsum(counts, dim=0) - counts  # [E] first kept pair of each expert in the sorted order
-    order = torch.sort(experts, stable=True).indices  # pairs by expert, dropped pairs (expert E) last
-    sorted_experts = experts[order]
-    kept = sorted_experts < E
+    sorted_experts = experts[s.order]
     expert = sorted_experts.clamp(max=E - 1)
-    rank = torch.arange(n, device=device) - offsets[expert]  # position inside the expert's segment
     rows = triton.cdiv(n + min(E, n) * (block_m - 1), block_m) * block_m
-    destination = torch.where(kept, padded_offsets[expert] + rank, rows)  # dropped pairs go to a spare row
+    destination = torch.where(sorted_experts < E, padded_offsets[expert] + s.ranks, rows)  # dropped: a spare row
     sorted_pairs = torch.full((rows + 1,), n, dtype=torch.int64, device=device)
-    sorted_pairs[destination] = order
+    sorted_pairs[destination] = s.order
     block_start = torch.arange(0, rows, block_m, device=device)
     block_expert = torch.searchsorted(padded_offsets[1:], block_start, right=True)
     block_expert = torch.where(block_start < padded_offsets[E], block_expert, -1).to(torch.int32)

@@ -10,6 +10,7 @@ Backward: ``up_grad_kernel`` (gradient through W2, the activation and the router
 with W1ᵀ for the input gradient, and ``weight_grad_kernel`` for W1 and W2.
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,7 @@ import triton
 
 from ..checks import check_choice, check_expert_indices
 from ..env import triton_mode
-from ..experts import ACTIVATIONS
+from ..experts import ACTIVATIONS, first_width
 from .align import Alignment, align
 from .gemm import down_kernel, up_grad_kernel, up_kernel, weight_grad_kernel
 
@@ -39,10 +40,11 @@ class Blocks:
 
 def choose_blocks(rows_per_expert: float) -> Blocks:
     """Tiles from the average rows an expert receives, T·k/E: small blocks when experts get few tokens (less
-    padding), large ones when they get many (more reuse of each weight tile). The interpreter gets small tiles
-    and few programs. ``block_m`` fixes the padding, so it is chosen before the routing metadata is built."""
+    padding), large ones when they get many (more reuse of each weight tile). The interpreter pays per program
+    (~10 ms each), not per element, so it gets the tiles that make the fewest programs. ``block_m`` fixes the
+    padding, so it is chosen before the routing metadata is built."""
     if INTERPRETED:
-        return Blocks(16, 32, 32)
+        return Blocks(32, 64, 64)
     if rows_per_expert <= 16:
         return Blocks(16, 64, 64)
     if rows_per_expert <= 128:
@@ -50,9 +52,24 @@ def choose_blocks(rows_per_expert: float) -> Blocks:
     return Blocks(64, 128, 64, num_warps=8)
 
 
+_FILL: list = []  # the value :func:`fill_buffers` puts in every new buffer, while it is in effect
+
+
+@contextmanager
+def fill_buffers(value: float):
+    """Inside the block, every buffer a kernel writes starts filled with ``value`` instead of uninitialized
+    memory: with NaN, an element a kernel forgets to write shows up in its output (a test's poison)."""
+    _FILL.append(value)
+    try:
+        yield
+    finally:
+        _FILL.pop()
+
+
 def _empty(shape: tuple, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Every buffer a kernel writes comes from here (the tests fill them with NaN to catch unwritten elements)."""
-    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
+    """Every buffer a kernel writes comes from here."""
+    buffer = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
+    return buffer.fill_(_FILL[-1]) if _FILL else buffer
 
 
 def _launch_options(x: torch.Tensor, blocks: Blocks) -> dict:
@@ -154,7 +171,7 @@ def check_kernel_inputs(x, indices, weights, w1, w2, activation, keep) -> None:
     if w2.dim() != 3 or w2.shape[2] != D:
         raise ValueError(f"w2 must have shape [E, d_ff, d_model={D}], got {tuple(w2.shape)}")
     E, F = w2.shape[0], w2.shape[1]
-    width = 2 * F if activation == "swiglu" else F
+    width = first_width(F, activation)
     if tuple(w1.shape) != (E, D, width):
         raise ValueError(f"w1 must have shape [E, d_model, {'2·' if width != F else ''}d_ff] = {(E, D, width)}, "
                          f"got {tuple(w1.shape)}")  # fmt: skip
@@ -195,6 +212,12 @@ def fused_experts(
     """
     check_kernel_inputs(x, indices, weights, w1, w2, activation, keep)
     check_choice("combine", combine, COMBINES)
+    return run_fused_experts(x, indices, weights, w1, w2, activation, keep, combine)
+
+
+def run_fused_experts(x, indices, weights, w1, w2, activation, keep=None, combine="reduce") -> torch.Tensor:
+    """:func:`fused_experts` without the argument checks, and so without a host synchronization (the MoE layer's
+    ``triton`` backend; its router makes ids in range)."""
     T, k = indices.shape
     E = w1.shape[0]
     if T * k == 0:

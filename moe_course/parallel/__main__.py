@@ -17,9 +17,9 @@ import time
 import torch
 import torch.distributed as dist
 
-from ..routing import Routing
-from .comm import expert_parallel_group
-from .layer import ExpertParallelMoE, dispatch_bytes
+from ..config import MoEConfig
+from ..layer import MoELayer
+from .exchange import AllToAllExchange, dispatch_bytes
 
 
 def main(argv=None) -> None:
@@ -29,7 +29,7 @@ def main(argv=None) -> None:
     parser.add_argument("--d-ff", type=int, default=512)
     parser.add_argument("-E", type=int, default=8)
     parser.add_argument("-k", type=int, default=2)
-    parser.add_argument("--backend", default="vectorized")
+    parser.add_argument("--backend", default=MoEConfig.backend)
     parser.add_argument("--capacity-factor", type=float, default=None)
     parser.add_argument("--ep-size", type=int, default=None, help="ranks per expert-parallel group (default: all)")
     parser.add_argument("--steps", type=int, default=10)
@@ -38,14 +38,15 @@ def main(argv=None) -> None:
     gpu = torch.cuda.is_available()
     dist.init_process_group("nccl" if gpu else "gloo")
     rank = dist.get_rank()
-    group = expert_parallel_group(args.ep_size or dist.get_world_size())
-    P = dist.get_world_size(group)
+    exchange = AllToAllExchange.for_ep_size(args.ep_size or dist.get_world_size())
+    P = dist.get_world_size(exchange.group)
     device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if gpu else "cpu")
     if gpu:
         torch.cuda.set_device(device)
     torch.manual_seed(0)  # the same router on every rank
-    layer = ExpertParallelMoE(args.d_model, args.d_ff, args.E, args.k, backend=args.backend,
-                              capacity_factor=args.capacity_factor, group=group).to(device)  # fmt: skip
+    config = MoEConfig(args.d_model, args.d_ff, args.E, args.k, backend=args.backend,
+                       capacity_factor=args.capacity_factor)  # fmt: skip
+    layer = MoELayer(config, exchange).to(device)
     torch.manual_seed(1 + rank)  # different tokens on every rank
     x = torch.randn(args.tokens, args.d_model, device=device, requires_grad=True)
 
@@ -57,12 +58,12 @@ def main(argv=None) -> None:
         if gpu:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    routing: Routing = layer.last_routing
-    stats = layer.last_stats
+    routing, stats = layer.last_routing, layer.last_stats
     predicted = dispatch_bytes(routing.indices, args.E, P, args.d_model, x.element_size(), routing.keep)
     # one row per rank: rows sent to each place in its group, bytes sent, the cost model's bytes, drops, ms
-    report = torch.tensor([*stats["sent_rows"], sum(stats["sent_bytes"]), sum(predicted), stats["dropped_pairs"],
-                           1e3 * statistics.median(times[1:])], dtype=torch.float64, device=device)  # fmt: skip
+    report = torch.tensor([*stats.traffic.sent_rows, sum(stats.traffic.sent_bytes), sum(predicted),
+                           stats.dropped_pairs, 1e3 * statistics.median(times[1:])],
+                          dtype=torch.float64, device=device)  # fmt: skip
     reports = [torch.empty_like(report) for _ in range(dist.get_world_size())]
     dist.all_gather(reports, report)
     if rank == 0:
@@ -79,7 +80,7 @@ def main(argv=None) -> None:
             off_rank = (int(r[:P].sum()) - int(r[s % P])) * row_bytes
             print(f"rank {s}: sent {int(sent)} bytes ({off_rank} off-rank), cost model {int(cost_model)}; "
                   f"dropped pairs {int(dropped)}; forward + backward {ms:.2f} ms")  # fmt: skip
-    if group is not None:
+    for group in {exchange.group, exchange.replicas} - {None, dist.group.WORLD}:
         dist.destroy_process_group(group)
     dist.barrier()  # no rank leaves while a peer's group is still open: gloo aborts on a closed connection
     dist.destroy_process_group()

@@ -42,26 +42,46 @@ def exchange_counts(counts: torch.Tensor, group=None) -> torch.Tensor:
     return received
 
 
-_GROUPS: dict = {}  # ep_size -> (the world it was made in, this rank's group): new_group is collective and costly
+_GROUPS: dict = {}  # ep_size -> (the world they were made in, expert-parallel group, replica group)
 
 
-def expert_parallel_group(ep_size: int):
-    """This rank's expert-parallel group: the W ranks of the initialized world form W/ep_size groups of ep_size
-    consecutive ranks, ``[0, ep_size)``, ``[ep_size, 2·ep_size)``, ...; each group holds all E experts, E/ep_size
-    per rank, and ranks at the same place in their groups hold the same experts (their gradients are averaged
-    by data parallelism, as the router's are over the whole world). Returns None (the whole world) when
-    ep_size = W. Every rank must call it with the same ep_size, as process groups are created collectively;
-    the groups are made once per world and reused."""
+def _group(ranks: range, W: int):
+    """A process group of ``ranks``: the world itself when it is all W."""
+    return dist.group.WORLD if len(ranks) == W else dist.new_group(list(ranks))
+
+
+def _groups(ep_size: int) -> tuple:
+    """This rank's (expert-parallel group, replica group) for ``ep_size``, made once per world: every rank creates
+    every group, in the same order, as ``new_group`` is collective (and costly)."""
     if not dist.is_initialized():
         raise ValueError(f"ep_size={ep_size} needs an initialized torch.distributed process group")
     W = dist.get_world_size()
     if W % check_positive_int("ep_size", ep_size):
         raise ValueError(f"ep_size={ep_size} must divide the world size {W}")
-    if ep_size == W:
-        return None
-    world, group = _GROUPS.get(ep_size, (None, None))
+    world, *groups = _GROUPS.get(ep_size, (None, None, None))
     if world is not dist.group.WORLD:
-        groups = [dist.new_group(list(range(start, start + ep_size))) for start in range(0, W, ep_size)]
-        group = groups[dist.get_rank() // ep_size]
-        _GROUPS[ep_size] = (dist.group.WORLD, group)
-    return group
+        rank = dist.get_rank()
+        ep_groups = [range(start, start + ep_size) for start in range(0, W, ep_size)]
+        replica_groups = [range(place, W, ep_size) for place in range(ep_size)]
+        if ep_size == W:
+            replica_groups = []  # every rank alone: no replicas
+        made = [_group(ranks, W) for ranks in ep_groups + replica_groups]
+        replicas = made[len(ep_groups) + rank % ep_size] if replica_groups else None
+        groups = [made[rank // ep_size], replicas]
+        _GROUPS[ep_size] = (dist.group.WORLD, *groups)
+    return tuple(groups)
+
+
+def expert_parallel_group(ep_size: int):
+    """This rank's expert-parallel group: the W ranks of the initialized world form W/ep_size groups of ep_size
+    consecutive ranks, ``[0, ep_size)``, ``[ep_size, 2·ep_size)``, ...; each group holds all E experts, E/ep_size
+    per rank. Returns None (the whole world) when ep_size = W. Every rank must call it with the same ep_size."""
+    ep_group, _ = _groups(ep_size)
+    return None if ep_group is dist.group.WORLD else ep_group
+
+
+def expert_replica_group(ep_size: int):
+    """The ranks at this rank's place in every expert-parallel group, ``{place, place + ep_size, ...}``: they hold
+    the same experts, data-parallel replicas of each other; None when there is no other (ep_size = W)."""
+    _, replicas = _groups(ep_size)
+    return replicas
