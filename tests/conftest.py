@@ -19,12 +19,13 @@ def make_indices(kind: str, T: int, k: int, E: int, g: torch.Generator) -> torch
 
 def run_forward_backward(fn, inputs: list, params: list, seed: int = 0) -> list:
     """``fn(*inputs)`` and its gradients: [output, d inputs..., d params...]. Inputs are copied (leaf tensors that
-    require grad); the output's gradient is a fixed random tensor; a parameter with no gradient reads as zeros."""
+    require grad); the output's gradient is a fixed random tensor (the same for a seed in any dtype); a parameter with no gradient reads as zeros."""
     inputs = [t.detach().clone().requires_grad_() for t in inputs]
     for p in params:
         p.grad = None
     y = fn(*inputs)
-    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype))
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    y.backward(dy.to(y.device, y.dtype))  # the same dy, whatever the dtype and device
     grads = [t.grad for t in inputs] + [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
     return [y.detach(), *grads]
 

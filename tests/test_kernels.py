@@ -197,3 +197,17 @@ def test_gpu_bf16_and_larger_shapes(T, k, E, D, F, combine):
 def test_gpu_fp32_is_exact_not_tf32():
     got, reference = run_both(256, 2, 8, 128, 256, "swiglu")
     assert_close(got, reference, 1e-4)
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+def test_the_layer_on_the_triton_backend_never_synchronizes_the_host():
+    """Routing, capacity, alignment and kernels stay on the device: no host synchronization, forward or backward."""
+    layer = MoELayer(MoEConfig(256, 512, 8, 2, capacity_factor=1.0, backend="triton")).cuda()
+    x = torch.randn(4, 64, 256, device="cuda", requires_grad=True)
+    layer(x)  # the first call compiles the kernels
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        layer(x).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

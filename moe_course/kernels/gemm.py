@@ -41,43 +41,51 @@ def _dot(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _block(sorted_pairs_ptr, num_pairs, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """This program's rows of the sorted layout, their pairs (``valid``: not padding) and its column tile."""
+def _rows_times_weight(
+    a_ptr, a_rows, a_ok, w, stride_wk, stride_wn, cols, col_ok, K, acc,
+    BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """acc + A[a_rows, :K] @ W[:K, cols], one BLOCK_K slice at a time: A is row-major [·, K] (rows ``a_ok`` only,
+    the others read as 0), W one expert's matrix addressed by its strides (a transposed W by swapped strides)."""
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        a = tl.load(a_ptr + a_rows[:, None] * K + ks[None, :], mask=a_ok[:, None] & k_ok[None, :], other=0.0)
+        w_mask = k_ok[:, None] & col_ok[None, :]
+        b = tl.load(w + ks[:, None] * stride_wk + cols[None, :] * stride_wn, mask=w_mask, other=0.0)
+        acc = _dot(a, b, acc, UPCAST, PRECISION)
+    return acc
+
+
+@triton.jit
+def _block(block_expert_ptr, sorted_pairs_ptr, num_pairs, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's expert (-1: an unused block, nothing to do), its rows of the sorted layout, their pairs
+    (``valid``: not padding) and its column tile."""
+    e = tl.load(block_expert_ptr + tl.program_id(0))
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     pairs = tl.load(sorted_pairs_ptr + rows)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    return rows, pairs, pairs < num_pairs, cols, cols < n_cols
+    return e, rows, pairs, pairs < num_pairs, cols, cols < n_cols
 
 
 @triton.jit
 def up_kernel(
-    x_ptr, w1_ptr, h_ptr, a_ptr, sorted_pairs_ptr, block_expert_ptr,
-    num_pairs, k, D, F,
-    stride_we, stride_wk, stride_wn,
-    GLU: tl.constexpr, SAVE_H: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    x_ptr, w1_ptr, h_ptr, a_ptr, sorted_pairs_ptr, block_expert_ptr, num_pairs, k, D, F,
+    stride_we, stride_wk, stride_wn, GLU: tl.constexpr, SAVE_H: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """x: [T, D] -> a: [R, F] (and h: [R, F or 2F] when SAVE_H); W1: [E, D, F or 2F] (SwiGLU: [gate | up])."""
-    e = tl.load(block_expert_ptr + tl.program_id(0))
+    e, rows, pairs, valid, cols, col_ok = _block(block_expert_ptr, sorted_pairs_ptr, num_pairs, F, BLOCK_M, BLOCK_N)
     if e < 0:
         return
-    rows, pairs, valid, cols, col_ok = _block(sorted_pairs_ptr, num_pairs, F, BLOCK_M, BLOCK_N)
     tokens = pairs // k
     w = w1_ptr + e.to(tl.int64) * stride_we
-    gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, D, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < D
-        xs = tl.load(x_ptr + tokens[:, None] * D + ks[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
-        w_mask = k_ok[:, None] & col_ok[None, :]
-        w_gate = tl.load(w + ks[:, None] * stride_wk + cols[None, :] * stride_wn, mask=w_mask, other=0.0)
-        gate = _dot(xs, w_gate, gate, UPCAST, PRECISION)
-        if GLU:
-            w_up = tl.load(w + ks[:, None] * stride_wk + (cols[None, :] + F) * stride_wn, mask=w_mask, other=0.0)
-            up = _dot(xs, w_up, up, UPCAST, PRECISION)
-    if GLU:
+    zeros = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    gate = _rows_times_weight(x_ptr, tokens, valid, w, stride_wk, stride_wn, cols, col_ok, D, zeros,
+                              BLOCK_K, UPCAST, PRECISION)  # fmt: skip
+    if GLU:  # the up projection: the columns F.. of W1 (the x tiles it reads again come from the cache)
+        up = _rows_times_weight(x_ptr, tokens, valid, w, stride_wk, stride_wn, cols + F, col_ok, D, zeros,
+                                BLOCK_K, UPCAST, PRECISION)  # fmt: skip
         act = gate * tl.sigmoid(gate) * up
     else:
         act = _gelu(gate)
@@ -97,24 +105,17 @@ def down_kernel(
     num_pairs, k, K, N,
     stride_we, stride_wk, stride_wn,
     HAS_WEIGHTS: tl.constexpr, ATOMIC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """rows: [R, K] in the sorted layout, W: [E, K, N] (by strides) -> out[pair]: [T·k, N] (``ATOMIC``: the
     weighted rows are added into out[token]: [T, N] in fp32, the top-k sum fused)."""
-    e = tl.load(block_expert_ptr + tl.program_id(0))
+    e, rows, pairs, valid, cols, col_ok = _block(block_expert_ptr, sorted_pairs_ptr, num_pairs, N, BLOCK_M, BLOCK_N)
     if e < 0:
         return
-    rows, pairs, valid, cols, col_ok = _block(sorted_pairs_ptr, num_pairs, N, BLOCK_M, BLOCK_N)
     w = w_ptr + e.to(tl.int64) * stride_we
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < K
-        a = tl.load(in_ptr + rows[:, None] * K + ks[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
-        w_mask = k_ok[:, None] & col_ok[None, :]
-        b = tl.load(w + ks[:, None] * stride_wk + cols[None, :] * stride_wn, mask=w_mask, other=0.0)
-        acc = _dot(a, b, acc, UPCAST, PRECISION)
+    acc = _rows_times_weight(in_ptr, rows, valid, w, stride_wk, stride_wn, cols, col_ok, K, acc,
+                             BLOCK_K, UPCAST, PRECISION)  # fmt: skip
     if HAS_WEIGHTS:
         acc = acc * tl.load(weights_ptr + pairs, mask=valid, other=0.0).to(tl.float32)[:, None]
     mask = valid[:, None] & col_ok[None, :]
@@ -129,25 +130,18 @@ def up_grad_kernel(
     dy_ptr, w2_ptr, weights_ptr, h_ptr, dh_ptr, dweights_ptr, sorted_pairs_ptr, block_expert_ptr,
     num_pairs, k, D, F,
     GLU: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """g = dy[token] @ W2[e]ᵀ ([R, F]; W2: [E, F, D]), the gradient of the expert's output a before the router
     weight. Writes dh = act'(h) · weight · g ([R, F or 2F]) and this column tile's share of the router-weight
     gradient Σ_f g · a into dweights[pid_n, pair] ([F tiles, T·k], summed by the caller)."""
-    e = tl.load(block_expert_ptr + tl.program_id(0))
+    e, rows, pairs, valid, cols, col_ok = _block(block_expert_ptr, sorted_pairs_ptr, num_pairs, F, BLOCK_M, BLOCK_N)
     if e < 0:
         return
-    rows, pairs, valid, cols, col_ok = _block(sorted_pairs_ptr, num_pairs, F, BLOCK_M, BLOCK_N)
     tokens = pairs // k
     w2 = w2_ptr + e.to(tl.int64) * F * D
     g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, D, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < D
-        dy = tl.load(dy_ptr + tokens[:, None] * D + ks[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
-        w2t = tl.load(w2 + cols[None, :] * D + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        g = _dot(dy, w2t, g, UPCAST, PRECISION)
+    g = _rows_times_weight(dy_ptr, tokens, valid, w2, 1, D, cols, col_ok, D, g, BLOCK_K, UPCAST, PRECISION)  # W2[e]ᵀ
     weight = tl.load(weights_ptr + pairs, mask=valid, other=0.0).to(tl.float32)[:, None]
     width = 2 * F if GLU else F
     h_offsets = rows[:, None] * width + cols[None, :]
@@ -174,8 +168,7 @@ def weight_grad_kernel(
     a_ptr, b_ptr, weights_ptr, dw_ptr, sorted_pairs_ptr, counts_ptr, padded_offsets_ptr,
     num_pairs, k, K, N,
     GATHER_A: tl.constexpr, GATHER_B: tl.constexpr, SCALE_A: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """dW[e] = Σ_rows A[row]ᵀ B[row] over expert e's rows -> dW: [E, K, N]. A row is read from the sorted layout
     ([R, K]) or, with ``GATHER_A``, from the token's row of a [T, K] tensor; likewise B. ``SCALE_A`` multiplies
