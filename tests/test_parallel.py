@@ -160,12 +160,13 @@ def test_bad_arguments_are_named():
         run_workers(failing_worker, 0)
 
 
-def test_torchrun_entry_point_reports_bytes_equal_to_the_cost_model():
+@pytest.mark.parametrize("ep_size", [2, 1])
+def test_torchrun_entry_point_reports_bytes_equal_to_the_cost_model(ep_size):
     torchrun = Path(sys.executable).parent / "torchrun"
     command = [str(torchrun), "--standalone", "--nproc-per-node=2", "-m", "moe_course.parallel", "--tokens", "40",
-               "--d-model", "16", "--d-ff", "32", "--steps", "2"]  # fmt: skip
+               "--d-model", "16", "--d-ff", "32", "--steps", "2", "--ep-size", str(ep_size)]  # fmt: skip
     out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
-    assert "2 ranks (gloo)" in out
+    assert f"2 ranks (gloo) in expert-parallel groups of {ep_size}" in out
     reports = [line for line in out.splitlines() if line.startswith("rank ")]
     assert len(reports) == 2
     for line in reports:

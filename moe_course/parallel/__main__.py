@@ -4,9 +4,10 @@
     torchrun --nnodes=2 --nproc-per-node=8 --rdzv-endpoint=HOST:29500 -m moe_course.parallel --ep-size 8 ...
 
 gloo on CPUs, NCCL on GPUs (one per rank, ``LOCAL_RANK``). ``--ep-size`` (default: every rank) splits the world
-into expert-parallel groups of that many consecutive ranks, e.g. one per node. Rank 0 prints the rows each rank
-sent to each rank of its group per dispatch, the bytes against the cost model, and the median time of a
-forward + backward call.
+into expert-parallel groups of that many consecutive ranks, e.g. one per node; the groups are data-parallel
+replicas, and every step ends by averaging the gradients across them (``average_gradients``). Rank 0 prints the
+rows each rank sent to each rank of its group per dispatch, the bytes against the cost model, and the median time
+of a step (forward, backward, gradient averaging).
 """
 
 import argparse
@@ -19,6 +20,7 @@ import torch.distributed as dist
 
 from ..config import MoEConfig
 from ..layer import MoELayer
+from .data import average_gradients
 from .exchange import AllToAllExchange, dispatch_bytes
 
 
@@ -55,6 +57,7 @@ def main(argv=None) -> None:
         dist.barrier()
         start = time.perf_counter()
         layer(x).sum().backward()
+        average_gradients(layer)
         if gpu:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
@@ -79,7 +82,7 @@ def main(argv=None) -> None:
             sent, cost_model, dropped, ms = r[P:].tolist()
             off_rank = (int(r[:P].sum()) - int(r[s % P])) * row_bytes
             print(f"rank {s}: sent {int(sent)} bytes ({off_rank} off-rank), cost model {int(cost_model)}; "
-                  f"dropped pairs {int(dropped)}; forward + backward {ms:.2f} ms")  # fmt: skip
+                  f"dropped pairs {int(dropped)}; step {ms:.2f} ms")  # fmt: skip
     for group in {exchange.group, exchange.replicas} - {None, dist.group.WORLD}:
         dist.destroy_process_group(group)
     dist.barrier()  # no rank leaves while a peer's group is still open: gloo aborts on a closed connection
