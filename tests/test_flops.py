@@ -1,5 +1,6 @@
 import pytest
 
+from moe_course.config import MoEConfig
 from moe_course.flops import (
     MIXTRAL_8X7B,
     ModelConfig,
@@ -10,9 +11,11 @@ from moe_course.flops import (
     flop_matched_dense_d_ff,
     format_cost_table,
     moe_ffn_cost,
+    moe_layer_cost,
     param_matched_dense_d_ff,
     per_token_time,
 )
+from moe_course.layer import MoELayer
 
 D, F = 4096, 14336
 
@@ -112,3 +115,15 @@ def test_per_token_time():
 def test_bad_arguments_are_named(call, name):
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
         call()
+
+
+@pytest.mark.parametrize("activation, n_shared", [("swiglu", 0), ("gelu", 2)])
+def test_the_cost_of_a_layer_config_is_the_built_layer_s(activation, n_shared):
+    config = MoEConfig(d_model=16, d_ff=24, E=8, k=2, activation=activation, n_shared=n_shared)
+    layer = MoELayer(config)
+    cost = moe_layer_cost(config)
+    ffn_weights = [p for name, p in layer.named_parameters() if not name.startswith("router")]
+    assert cost.stored_params == sum(p.numel() for p in ffn_weights)
+    one_expert = sum(p.numel() for p in layer.experts.parameters()) // config.E
+    assert cost.active_params == (config.k + n_shared) * one_expert
+    assert cost.flops_per_token == 2 * cost.active_params
