@@ -8,21 +8,61 @@ each graded part and the path of an HTML feedback report. The repository is neve
 The report names each graded part (``feedback_templates/course_feedback``, set in ``nbgrader_config.py``) and
 typesets its math offline: ``feedback_templates/course_feedback_offline`` loads MathJax from ``feedback/mathjax/``,
 a copy of the one the jupyter-server-mathjax package ships, instead of nbgrader's CDN.
+
+The assignment notebooks import :func:`safety_net_passes` from here, so this module stays light to import: nbgrader
+and jupyter-server-mathjax (the ``course`` extra, missing where only the library is installed, e.g. on Colab) are
+imported by the functions that use them.
 """
 
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from jupyter_server_mathjax.app import STATIC_ASSETS_PATH as MATHJAX
-from nbgrader.api import Gradebook
 
-from .workspace import WORKSPACE
+def safety_net_passes(check: Callable[[], object], seconds: float = 5) -> bool:
+    """Whether a learner's answer passes an assignment's *safety net*, the quick check after a graded part that
+    puts the library's version in place of an answer that does not work yet, so that the later parts still run.
+
+    Returns True if ``check()`` returns True (or anything truthy); False if it returns False (or anything falsy),
+    raises an exception, or runs longer than ``seconds`` (an answer stuck in a loop). ``KeyboardInterrupt`` is not
+    caught: interrupting the kernel still stops the cell.
+
+    The time limit is a ``SIGALRM`` timer, which Python handles on the main thread only: a notebook cell runs
+    there (also under nbgrader). Called from another thread, or where there is no ``SIGALRM`` (Windows), the check
+    runs without a time limit. The previous ``SIGALRM`` handler is restored afterwards, and a timer that was
+    already running is set going again with the time it had left.
+    """
+    timed = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not timed:
+        try:
+            return bool(check())
+        except Exception:
+            return False
+
+    def stop(signum, frame):
+        raise TimeoutError(f"no answer within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    start = time.monotonic()
+    pending, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return bool(check())
+    except Exception:
+        return False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if pending:  # a timer someone else set: let it run out as it would have (at once if it is already due)
+            signal.setitimer(signal.ITIMER_REAL, max(pending - (time.monotonic() - start), 1e-3), interval)
 
 
 @dataclass
@@ -71,6 +111,9 @@ def grade_submissions(repo: Path, assignment: str, submissions: dict, course_dir
     beside the MathJax it loads (``course_dir/feedback/<student>/mathjax/``). ``extra`` are further nbgrader options
     (e.g. ``--Execute.timeout=10``).
     """
+    from jupyter_server_mathjax.app import STATIC_ASSETS_PATH as MATHJAX
+    from nbgrader.api import Gradebook
+
     make_course(repo, assignment, course_dir)
     for student, folder in submissions.items():
         shutil.copytree(folder, course_dir / "submitted" / student / assignment)
@@ -109,6 +152,8 @@ def format_scores(scores: list) -> str:
 
 
 def main(argv=None) -> int:
+    from .workspace import WORKSPACE
+
     parser = argparse.ArgumentParser(description="Autograde your copy of an assignment (hidden tests included).")
     parser.add_argument("assignment", help="e.g. 02_moe_layer (a folder of solutions/)")
     parser.add_argument("--repo", type=Path, default=Path.cwd(), help="the course folder (default: current)")

@@ -7,12 +7,16 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from moe_course.grading import grade_submissions, main, release, run_nbgrader
+from moe_course.grading import grade_submissions, main, release, run_nbgrader, safety_net_passes
 
 REPO = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = sorted(p.name for p in (REPO / "solutions").iterdir() if p.is_dir())
@@ -469,3 +473,111 @@ def test_no_solution_or_hidden_test_leaks(assignment):
                 secret = source.split(marker)[1].split("### END")[0].strip()
                 assert secret and secret not in text, f"{c['metadata']['nbgrader']['grade_id']} leaked"
     assert all(not c.get("outputs") for c in student["cells"] if c["cell_type"] == "code")
+
+
+# The safety nets' helper: each assignment checks an answer quickly after its graded part and, if it fails, puts the
+# library's version in its place for the later parts.
+timer = pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no SIGALRM timer on this platform")
+
+
+def fails(message):
+    raise ValueError(message)
+
+
+def loops_forever():
+    while True:
+        pass
+
+
+def test_safety_net_passes_when_the_check_returns_true():
+    assert safety_net_passes(lambda: True) is True
+    assert safety_net_passes(lambda: 1 == 1.0, seconds=1) is True
+
+
+def test_safety_net_fails_when_the_check_returns_false_or_raises():
+    assert safety_net_passes(lambda: False) is False
+    assert safety_net_passes(lambda: None) is False
+    assert safety_net_passes(lambda: fails("an unfinished answer")) is False
+    assert safety_net_passes(lambda: 1 / 0) is False
+    assert safety_net_passes(lambda: [][0]) is False
+
+
+def test_safety_net_lets_an_interrupt_through():
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        safety_net_passes(interrupted)
+
+
+@timer
+def test_safety_net_stops_a_check_that_runs_too_long():
+    start = time.monotonic()
+    assert safety_net_passes(loops_forever, seconds=0.2) is False
+    assert time.monotonic() - start < 5
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0), "the timer must be off afterwards"
+    assert safety_net_passes(lambda: time.sleep(0.05) is None, seconds=2) is True  # a quick check is not cut short
+
+
+@timer
+def test_safety_net_restores_the_previous_handler_and_timer():
+    alarms = []
+
+    def handler(signum, frame):
+        alarms.append(signum)
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        for check in (lambda: True, lambda: fails("no"), loops_forever):
+            safety_net_passes(check, seconds=0.2)
+            assert signal.getsignal(signal.SIGALRM) is handler
+        # a timer already running goes on with the time it had left, and its own handler runs when it is due
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        assert safety_net_passes(loops_forever, seconds=0.1) is False
+        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 0 < remaining <= 0.4
+        deadline = time.monotonic() + 5
+        while not alarms and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert alarms == [signal.SIGALRM], "the earlier timer must still fire, into its own handler"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_safety_net_works_off_the_main_thread():
+    """Python handles signals on the main thread only: elsewhere the check runs, without a time limit."""
+    handler_before = signal.getsignal(signal.SIGALRM)
+    results = {}
+
+    def run():
+        results["passes"] = safety_net_passes(lambda: True)
+        results["false"] = safety_net_passes(lambda: False)
+        results["raises"] = safety_net_passes(lambda: fails("no"))
+        results["slow"] = safety_net_passes(lambda: time.sleep(0.3) is None, seconds=0.1)  # no timer here
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(timeout=30)
+    assert results == {"passes": True, "false": False, "raises": False, "slow": True}
+    assert signal.getsignal(signal.SIGALRM) is handler_before
+
+
+def test_grading_imports_light():
+    """The notebooks import the helper from here, also where nbgrader is not installed (Colab installs the library
+    alone): nbgrader, its database and the Jupyter server are imported only by the functions that grade."""
+    heavy = ["nbgrader", "sqlalchemy", "jupyter_server", "jupyter_server_mathjax", "nbformat"]
+    code = f"import sys, moe_course.grading; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_every_safety_net_uses_the_library_helper(assignment):
+    cells = load(REPO / "solutions" / assignment / f"{assignment}.ipynb")["cells"]
+    sources = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    assert not any("def safety_net_passes" in source for source in sources), "a pasted copy of safety_net_passes"
+    setup = next(c for c in cells if c["metadata"].get("nbgrader", {}).get("grade_id") == "setup")
+    assert "from moe_course.grading import safety_net_passes" in "".join(setup["source"])
+    nets = [source for source in sources if source.startswith("# Safety net")]
+    assert nets and all("safety_net_passes(" in source for source in nets)
