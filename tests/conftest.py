@@ -19,7 +19,8 @@ def make_indices(kind: str, T: int, k: int, E: int, g: torch.Generator) -> torch
 
 def run_forward_backward(fn, inputs: list, params: list, seed: int = 0) -> list:
     """``fn(*inputs)`` and its gradients: [output, d inputs..., d params...]. Inputs are copied (leaf tensors that
-    require grad); the output's gradient is a fixed random tensor (the same for a seed in any dtype); a parameter with no gradient reads as zeros."""
+    require grad); the output's gradient is a fixed random tensor (the same for a seed in any dtype); a parameter
+    with no gradient reads as zeros."""
     inputs = [t.detach().clone().requires_grad_() for t in inputs]
     for p in params:
         p.grad = None

@@ -5,8 +5,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from moe_course.factory import MoE
-from moe_course.parallel.workers import ep_case
+from moe_course.parallel.workers import ep_case, moe_layout
 
 
 def failing_worker(rank: int, world_size: int) -> None:
@@ -33,13 +32,11 @@ def identity_round_trip(rank: int, world_size: int, case: dict) -> torch.Tensor:
 
 
 def ep_size_layers(rank: int, world_size: int, ep_sizes: list) -> list:
-    """``MoE(16, num_experts=8, ep_size=P)`` on every rank for each P: (experts held here, the size of this rank's
-    expert-parallel group, its place in it), or the message of the ValueError it raised."""
+    """:func:`~moe_course.parallel.workers.moe_layout` for each ep_size, or the message of the ValueError it raised."""
     built = []
     for P in ep_sizes:
         try:
-            m = MoE(16, num_experts=8, k=2, ep_size=P)
-            built.append((m.experts.E, dist.get_world_size(m.exchange.group), dist.get_rank(m.exchange.group)))
+            built.append(moe_layout(rank, world_size, P))
         except ValueError as error:
             built.append(str(error))
     return built

@@ -146,9 +146,16 @@ def full_start(case: dict) -> dict:
 
 
 def test_ep_size_builds_the_expert_parallel_layer_in_its_group():
-    results = run_workers(ep_size_layers, 4, [4, 2, 3])
-    assert [r[:2] for r in results] == [[(2, 4, rank), (4, 2, rank % 2)] for rank in range(4)]
-    assert all(r[2] == "ep_size=3 must divide the world size 4" for r in results)
+    results = run_workers(ep_size_layers, 4, [4, 2, 1, 3])
+    for rank, (whole, halves, alone, _) in enumerate(results):
+        assert whole == dict(layer="MoELayer with AllToAllExchange", experts=[rank], group=[0, 1, 2, 3], replicas=[])
+        assert halves["experts"] == [2 * (rank % 2), 2 * (rank % 2) + 1]
+        assert halves["group"] == ([0, 1] if rank < 2 else [2, 3])
+        assert halves["replicas"] == [rank % 2, rank % 2 + 2]
+        assert alone == dict(
+            layer="MoELayer with LocalExchange", experts=[0, 1, 2, 3], group=[rank], replicas=[0, 1, 2, 3]
+        )
+    assert all(r[3] == "ep_size=3 must divide the world size 4" for r in results)
 
 
 def test_bad_arguments_are_named():

@@ -20,9 +20,10 @@ from ..layer import MoELayer
 
 
 def average_gradients(model: nn.Module) -> None:
-    """Average the gradients of ``model`` across the world as above, in place; every rank calls it after its
-    backward pass. A parameter without a gradient on one rank counts as zero there (every rank joins every
-    collective)."""
+    """Average the gradients of ``model`` across the world, in place: a replicated parameter's over every rank, an
+    expert's summed over the ranks holding it, both divided by the world size W (see the module's docstring); every
+    rank calls it after its backward pass. A parameter without a gradient on one rank counts as zero there (every
+    rank joins every collective)."""
     W = dist.get_world_size()
     sharded = {}  # parameter -> the group holding its replicas (None: no other rank holds it)
     for module in model.modules():

@@ -10,13 +10,16 @@ Every rank builds the same single-process layer and batch from it and runs its s
 """
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..backends import loop_moe
 from ..capacity import capacity_of, keep_within_capacity
 from ..config import MoEConfig
+from ..factory import MoE
 from ..layer import MoELayer
 from ..model import TinyLM
+from ..train import THREADS, torch_threads
 from .data import average_gradients, shard_state_dict
 from .exchange import AllToAllExchange
 
@@ -129,10 +132,12 @@ def tinylm_case(case: dict) -> tuple:
     return model, ids[:, :-1], ids[:, 1:]
 
 
+@torch_threads(THREADS)
 def train_steps(model: TinyLM, x: torch.Tensor, y: torch.Tensor, steps: int, sync=None) -> list:
     """``steps`` SGD steps of next-token cross-entropy on one batch (plain SGD: a gradient off by a constant factor
     shows in the parameters, where Adam would normalize it away); ``sync(model)`` runs between the backward
-    pass and the step (data parallelism's gradient averaging). Returns the parameters after each step."""
+    pass and the step (data parallelism's gradient averaging). Returns the parameters after each step. One torch
+    thread, as :mod:`moe_course.train` trains: the matrices are too small to share, and ranks share the cores."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     snapshots = []
     for _ in range(steps):
@@ -155,3 +160,22 @@ def data_parallel_tinylm(rank: int, world_size: int, case: dict) -> list:
     model.load_state_dict(shard_state_dict(model, full.state_dict()))
     rows = slice(rank * case["batch"], (rank + 1) * case["batch"])
     return train_steps(model, x[rows], y[rows], case["steps"], average_gradients)
+
+
+def moe_layout(rank: int, world_size: int, ep_size: int) -> dict:
+    """What ``MoE(..., ep_size=ep_size)`` builds on this rank: the layer and its exchange, the experts it holds, its
+    expert-parallel group (the ranks it exchanges tokens with) and its replica group (the ranks holding the same
+    experts, with which it sums their gradients)."""
+    layer = MoE(16, num_experts=4, k=2, d_ff=24, ep_size=ep_size)
+    if layer.exchange.local:  # every expert on every rank: plain data parallelism
+        group, replicas = [rank], list(range(world_size))
+    else:
+        group, replicas = layer.exchange.group, layer.exchange.replicas
+        group = list(range(world_size)) if group is None else dist.get_process_group_ranks(group)
+        replicas = [] if replicas is None else dist.get_process_group_ranks(replicas)
+    return dict(
+        layer=f"{type(layer).__name__} with {type(layer.exchange).__name__}",
+        experts=list(range(layer.experts.first, layer.experts.first + layer.experts.E)),
+        group=group,
+        replicas=replicas,
+    )
