@@ -3,6 +3,7 @@ fused Triton kernels.
 
     python benchmarks/bench_experts.py                          # on a CUDA GPU: every shape, T and routing
     python benchmarks/bench_experts.py --shapes mixtral -T 1 4096
+    python benchmarks/bench_experts.py --cpu                    # the CPU table of benchmarks/README.md
 
 The timed region is the expert block for given routing decisions: the routing metadata (sort by expert), the
 first GEMM and the activation, the second GEMM and the weighted combine; forward, and forward + backward. On a
@@ -14,21 +15,29 @@ fraction of a large device-to-device copy, both ceilings measured in the same ru
 
 Without a GPU the Triton kernels run in Triton's interpreter, where timings mean nothing: the script then checks
 every backend on a tiny shape against the loop, outputs and gradients, and times nothing.
+
+``--cpu`` times the plain-PyTorch backends (loop, vectorized, grouped) on the CPU, fp32 SwiGLU, against a dense
+SwiGLU FFN of width k·d_ff on the same T tokens (the same FLOPs), at the shapes of :data:`CPU_CASES`: forward, and
+forward + backward (gradients of x, the router weights and all expert weights), as the medians of interleaved
+repeats. It prints a markdown table and whether the layer's default backend is the fastest of the three within
+noise, and within 2× the dense FFN forward + backward at T=2048.
 """
 
 import argparse
 import csv
+import math
+import os
 import platform
 import re
+import statistics
+import time
 from pathlib import Path
 
 import torch
 
-from moe_course.dispatch import permute, sort_by_expert, unpermute_and_combine
-from moe_course.experts import Experts, activate
+from moe_course.backends import DEFAULT_BACKEND, grouped_moe, loop_moe, triton_moe, vectorized_moe
+from moe_course.experts import FFN, Experts
 from moe_course.kernels import fused_experts
-from moe_course.layer import loop_moe, triton_moe, vectorized_moe
-from moe_course.routing import Routing
 
 SHAPES = {  # d_model, d_ff, E, k
     "mixtral": (4096, 14336, 8, 2),
@@ -41,55 +50,60 @@ ROUTINGS = ("uniform", "zipf")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def grouped_mm_moe(x: torch.Tensor, routing: Routing, experts: Experts) -> torch.Tensor:
-    """The vectorized backend with both expert GEMMs as one ``torch._grouped_mm`` call each."""
-    dispatch = sort_by_expert(routing.indices, experts.E, routing.keep)
-    offsets = dispatch.offsets[1:].to(torch.int32)  # end row of each expert's block
-    h = torch._grouped_mm(permute(x, dispatch), experts.w1, offs=offsets)
-    y = torch._grouped_mm(activate(h, experts.activation), experts.w2, offs=offsets)
-    return unpermute_and_combine(y, dispatch, routing.weights)
-
-
-def triton_atomic_moe(x: torch.Tensor, routing: Routing, experts: Experts) -> torch.Tensor:
+def triton_atomic_moe(x, indices, weights, keep, experts: Experts) -> torch.Tensor:
     """The Triton kernels with the top-k sum fused into the second GEMM (atomic adds) instead of a reduction."""
-    return fused_experts(x, routing.indices, routing.weights, experts.w1, experts.w2, experts.activation,
-                         routing.keep, combine="atomic")  # fmt: skip
+    return fused_experts(x, indices, weights, experts.w1, experts.w2, experts.activation, keep, combine="atomic")
 
 
 BACKENDS = {
     "loop": loop_moe,
     "vectorized": vectorized_moe,
-    "grouped_mm": grouped_mm_moe,
+    "grouped": grouped_moe,  # the vectorized backend where torch._grouped_mm cannot run
     "triton": triton_moe,
     "triton_atomic": triton_atomic_moe,
 }
-if not hasattr(torch, "_grouped_mm"):
-    del BACKENDS["grouped_mm"]
+CPU_BACKENDS = ("loop", "vectorized", "grouped")
+CPU_CASES = (  # T, d_model, d_ff, E, k
+    (2048, 256, 512, 8, 2),
+    (2048, 256, 128, 64, 6),
+    (2048, 256, 64, 128, 8),
+    (16, 256, 512, 8, 2),
+)
 
 
-def make_routing(kind: str, T: int, E: int, k: int, device, seed: int = 0) -> Routing:
-    """k distinct experts per token, drawn uniformly or with Zipf(1.2) popularity over the experts; router-like
-    weights (a softmax of random scores over the k). Generated once per case and reused by every backend."""
+def make_routing(kind: str, T: int, E: int, k: int, device, seed: int = 0) -> tuple:
+    """(indices, weights), both [T, k]: k distinct experts per token, drawn uniformly or with Zipf(1.2) popularity
+    over the experts, and router-like weights (a softmax of random scores over the k). Generated once per case and
+    reused by every backend."""
     g = torch.Generator().manual_seed(seed)
     popularity = torch.ones(E) if kind == "uniform" else 1 / torch.arange(1, E + 1).float() ** 1.2
     indices = torch.multinomial(popularity.expand(T, E), k, replacement=False, generator=g)
     weights = torch.softmax(torch.randn(T, k, generator=g), dim=-1)
-    scores = torch.zeros(T, E)
-    return Routing(indices.to(device), weights.to(device), scores.to(device), scores.to(device))
+    return indices.to(device), weights.to(device)
 
 
-def forward_only(backend, x, routing, experts):
+def partial_block(backend, x, indices, weights, experts):
+    """A closure running ``backend`` on these inputs (no pair dropped), for :func:`forward_only` and friends."""
+    return lambda: backend(x, indices, weights, None, experts)
+
+
+def forward_only(block):
+    """``block()`` (a closure that runs one implementation on its inputs) without building a graph."""
+
     def run():
         with torch.no_grad():
-            backend(x, routing, experts)
+            block()
 
     return run
 
 
-def forward_backward(backend, x, routing, experts, dy):
+def forward_backward(block, leaves: list, dy: torch.Tensor):
+    """``block()`` and its backward, the gradients of ``leaves`` cleared first so that none accumulates."""
+
     def run():
-        x.grad = experts.w1.grad = experts.w2.grad = None
-        backend(x, routing, experts).backward(dy)
+        for leaf in leaves:
+            leaf.grad = None
+        block().backward(dy)
 
     return run
 
@@ -106,7 +120,7 @@ def check_on_cpu() -> int:
     torch.manual_seed(0)
     reference_experts = Experts(E, d, f).double()
     x0 = torch.randn(T, d, dtype=torch.float64)
-    routing = make_routing("zipf", T, E, k, "cpu")
+    indices, weights0 = make_routing("zipf", T, E, k, "cpu")
     dy = torch.randn(T, d, dtype=torch.float64)
     results = {}
     for name, backend in {"reference": loop_moe, **BACKENDS}.items():
@@ -114,14 +128,9 @@ def check_on_cpu() -> int:
         if name != "reference":
             experts.load_state_dict(reference_experts.state_dict())
         x = x0.clone().to(experts.w1.dtype).requires_grad_()
-        weights = routing.weights.to(x.dtype, copy=True).requires_grad_()
-        r = Routing(routing.indices, weights, routing.probs, routing.logits)
-        try:
-            y = backend(x, r, experts)
-            y.backward(dy.to(x.dtype))
-        except RuntimeError as error:  # torch._grouped_mm without a CPU kernel for this build or shape
-            print(f"{name:<14}not available here: {str(error).splitlines()[0]}")
-            continue
+        weights = weights0.to(x.dtype, copy=True).requires_grad_()
+        y = backend(x, indices, weights, None, experts)
+        y.backward(dy.to(x.dtype))
         results[name] = (y.detach(), x.grad, weights.grad, experts.w1.grad, experts.w2.grad)
     failures = 0
     for name, got in results.items():
@@ -163,23 +172,23 @@ def benchmark(shapes: list, tokens: list, backends: list, device, dtype=torch.bf
         experts = Experts(E, d, f).to(device, dtype)
         for kind in ROUTINGS:
             for T in tokens:
-                routing = make_routing(kind, T, E, k, device)
-                routing.weights = routing.weights.to(dtype)
+                indices, weights = make_routing(kind, T, E, k, device)
+                weights = weights.to(dtype).requires_grad_()
                 x = torch.randn(T, d, device=device, dtype=dtype, requires_grad=True)
                 dy = torch.randn(T, d, device=device, dtype=dtype)
                 flops = 6 * d * f * T * k
-                weight_bytes = torch.unique(routing.indices).numel() * 3 * d * f * experts.w1.element_size()
+                weight_bytes = torch.unique(indices).numel() * 3 * d * f * experts.w1.element_size()
                 m = torch.randn(T * k, d, device=device, dtype=dtype)
                 w = torch.randn(d, 3 * f, device=device, dtype=dtype)
                 dense = flops / median_us(lambda m=m, w=w: m @ w) / 1e6  # TFLOP/s of the same FLOPs, dense
                 with torch.no_grad():
-                    reference = vectorized_moe(x, routing, experts)
+                    reference = vectorized_moe(x, indices, weights, None, experts)
                 for name in backends:
-                    backend = BACKENDS[name]
+                    block = partial_block(BACKENDS[name], x, indices, weights, experts)
                     with torch.no_grad():
-                        error = relative_error(backend(x, routing, experts), reference)
-                    forward = median_us(forward_only(backend, x, routing, experts))
-                    both = median_us(forward_backward(backend, x, routing, experts, dy))
+                        error = relative_error(block(), reference)
+                    forward = median_us(forward_only(block))
+                    both = median_us(forward_backward(block, [x, weights, experts.w1, experts.w2], dy))
                     for direction, us, factor in (("forward", forward, 1), ("forward+backward", both, 3)):
                         tflops = factor * flops / us / 1e6
                         gbps = factor * weight_bytes / us / 1e3
@@ -219,7 +228,7 @@ def report_targets(rows: list) -> list:
             backward = 2 * forward["median_us"] / (both["median_us"] - forward["median_us"])
             check(f"{shape} T=16384 backward TFLOP/s / forward TFLOP/s", backward, 0.7)
     for shape in ("fine_e64", "qwen3_30b_a3b"):
-        triton, loop, grouped = (get(shape, 4096, b) for b in ("triton", "loop", "grouped_mm"))
+        triton, loop, grouped = (get(shape, 4096, b) for b in ("triton", "loop", "grouped"))
         if triton and loop:
             check(f"{shape} T=4096 forward, speed-up over the loop", loop["median_us"] / triton["median_us"], 10)
         if triton and grouped:
@@ -265,12 +274,110 @@ def write_results(rows: list, peak_matmul: float, peak_copy: float, gpu: str, fo
     return path
 
 
+def interleaved_medians(fns: dict, repeats: int, min_seconds: float = 0.05) -> dict:
+    """name -> (median, half the interquartile range) of one call of ``fns[name]()``, in ms.
+
+    Every repeat times each function once, in an order rotated from repeat to repeat, so that a slow spell of the
+    machine (other processes) falls on all of them alike. A sample runs a fast function several times, to last at
+    least ``min_seconds``."""
+    calls = {}
+    for name, fn in fns.items():
+        fn()  # warm-up: allocations, caches, first-call dispatch
+        start = time.perf_counter()
+        fn()
+        calls[name] = max(1, math.ceil(min_seconds / (time.perf_counter() - start)))
+    names, samples = list(fns), {name: [] for name in fns}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fns[name]()
+            samples[name].append(1e3 * (time.perf_counter() - start) / calls[name])
+    quartiles = {name: statistics.quantiles(times, n=4) for name, times in samples.items()}
+    return {name: (q[1], (q[2] - q[0]) / 2) for name, q in quartiles.items()}
+
+
+def cpu_case(T: int, d: int, f: int, E: int, k: int, repeats: int) -> dict:
+    """(implementation, direction) -> (median ms, half IQR) for one shape: the plain-PyTorch backends on the same
+    fp32 SwiGLU experts and uniform routing, and the dense SwiGLU FFN of width k·f (the same FLOPs)."""
+    torch.manual_seed(0)
+    experts, dense = Experts(E, d, f), FFN(d, k * f)
+    indices, weights = make_routing("uniform", T, E, k, "cpu")
+    weights.requires_grad_()
+    x = torch.randn(T, d, requires_grad=True)
+    dy = torch.randn(T, d)
+    blocks = {name: partial_block(BACKENDS[name], x, indices, weights, experts) for name in CPU_BACKENDS}
+    with torch.no_grad():
+        for name, block in blocks.items():  # timing a wrong answer would mean nothing
+            if (error := relative_error(block(), blocks["loop"]())) > 1e-5:
+                raise AssertionError(f"{name} differs from the loop at T={T} E={E}: relative error {error:.1e}")
+    blocks["dense"] = lambda: dense(x)
+    leaves = [x, weights, experts.w1, experts.w2, dense.w1, dense.w2]
+    fns = {}
+    for name, block in blocks.items():
+        fns[name, "forward"] = forward_only(block)
+        fns[name, "forward+backward"] = forward_backward(block, leaves, dy)
+    return interleaved_medians(fns, repeats)
+
+
+def cpu_table(cases: tuple, repeats: int) -> tuple:
+    """The markdown table of ``cases`` (T, d_model, d_ff, E, k), printed as it is measured, and the verdicts on the
+    layer's default backend: the fastest of the three within noise (its median minus the fastest's at most the sum
+    of their half IQRs) at every shape and pass, and its forward + backward within 2× the dense FFN's at T=2048."""
+    default = DEFAULT_BACKEND
+    header = [f"{name} (default)" if name == default else name for name in CPU_BACKENDS]
+    lines = [
+        f"| T | E | d_ff | k | pass | {' | '.join(header)} | dense FFN (k·d_ff) | {default} / dense |",
+        "|" + "---|" * (len(CPU_BACKENDS) + 7),
+    ]
+    print("\n".join(lines), flush=True)
+    verdicts = []
+    for T, d, f, E, k in cases:
+        measured = cpu_case(T, d, f, E, k, repeats)
+        for direction in ("forward", "forward+backward"):
+            times = {name: measured[name, direction] for name in (*CPU_BACKENDS, "dense")}
+            ratio = times[default][0] / times["dense"][0]
+            cells = " | ".join(f"{ms:.2f} ±{noise:.2f}" for ms, noise in times.values())
+            lines.append(f"| {T} | {E} | {f} | {k} | {direction} | {cells} | {ratio:.2f}× |")
+            fastest = min(CPU_BACKENDS, key=lambda name: times[name][0])
+            margin = times[default][0] - times[fastest][0]
+            within = margin <= times[default][1] + times[fastest][1]
+            verdicts.append(f"T={T} E={E} {direction}: {default} {'is' if within else 'is NOT'} the fastest within "
+                            f"noise (fastest {fastest}, {default} {margin:+.2f} ms)")  # fmt: skip
+            if T == 2048 and direction == "forward+backward":
+                verdicts.append(f"T={T} E={E} forward+backward: {default} / dense FFN {ratio:.2f}× "
+                                f"({'within' if ratio <= 2 else 'NOT within'} 2×)")  # fmt: skip
+            print(lines[-1], flush=True)
+    return lines, verdicts
+
+
+def machine() -> str:
+    """The CPU, its cores and the threads torch uses, the versions, and any glibc malloc tuning (``MALLOC_*``
+    variables: a fresh large buffer costs a page fault per 4 KiB, and the MoE backends allocate many), in one line."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("model name")), model)  # fmt: skip
+    malloc = " ".join(f"{name}={value}" for name, value in sorted(os.environ.items()) if name.startswith("MALLOC_"))
+    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} on {torch.get_num_threads()} threads, "
+            f"python {platform.python_version()}, malloc {malloc or 'default'}")  # fmt: skip
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("-T", type=int, nargs="+", default=list(TOKENS))
     parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), default=list(BACKENDS))
+    parser.add_argument("--cpu", action="store_true", help="time the plain-PyTorch backends on the CPU")
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats per CPU measurement")
     args = parser.parse_args(argv)
+    if args.cpu:
+        print(f"CPU: {machine()}. fp32 SwiGLU, d_model=256, uniform routing; ms per call, median ±half IQR "
+              f"of {args.repeats} interleaved repeats", flush=True)  # fmt: skip
+        _, verdicts = cpu_table(CPU_CASES, args.repeats)
+        print("\n".join(["", *verdicts]))
+        return 0
     if not torch.cuda.is_available():
         return 1 if check_on_cpu() else 0
     rows, peak_matmul, peak_copy = benchmark(args.shapes, args.T, args.backends, torch.device("cuda"))

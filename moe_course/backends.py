@@ -31,10 +31,15 @@ def vectorized_moe(x, indices, weights, keep, experts: Experts) -> torch.Tensor:
 
     One gather and one scatter replace the loop's E masks and index-adds."""
     dispatch = group_pairs(indices, experts.E, keep)
-    blocks = torch.split(permute(x, dispatch), dispatch.counts.tolist())
-    y_sorted = torch.cat(
-        [ffn(block, w1, w2, experts.activation) for block, (w1, w2) in zip(blocks, experts.unbound())]
-    )
+    counts = dispatch.counts.tolist()
+    blocks = torch.split(permute(x, dispatch), counts)
+    # Only the experts with rows run: an idle one would add its own nodes to the backward pass, E of them in all.
+    outputs = [
+        ffn(block, w1, w2, experts.activation)
+        for block, (w1, w2), n in zip(blocks, experts.unbound(), counts, strict=True)
+        if n
+    ]
+    y_sorted = torch.cat(outputs) if outputs else x.new_zeros(0, x.shape[1])  # every pair dropped: nothing ran
     return unpermute_and_combine(y_sorted, dispatch, weights)
 
 
@@ -56,14 +61,28 @@ def grouped_mm_runs(x: torch.Tensor, experts: Experts) -> bool:
 
 def grouped_moe(x, indices, weights, keep, experts: Experts) -> torch.Tensor:
     """The vectorized layout with each of the two expert GEMMs as one ``torch._grouped_mm`` over all experts'
-    blocks; where that cannot run (see :func:`grouped_mm_runs`, e.g. float64), the vectorized backend."""
+    blocks; where that cannot run (see :func:`grouped_mm_runs`, e.g. float64), the vectorized backend.
+
+    Two changes from the vectorized backend's combine, measured faster on a 2-core CPU (T=2048, E=128, d_ff=64,
+    k=8: forward 33 -> 25 ms, forward + backward 89 -> 74 ms): the router weight scales the activation rows
+    [kept, d_ff] (``(g·a) W2 = g·(a W2)``, as the Triton kernels do), and ``index_add_`` sums each token's rows
+    straight into [T, d_model], with no [T·k, d_model] buffer to fill, scatter and sum. Its backward is a gather,
+    so every gradient reaching ``_grouped_mm``'s backward is a fresh contiguous tensor (an index_select's, the
+    activation's), which its CPU kernel needs (16-byte aligned strides).
+
+    The layer's default: on a CPU it is the fastest of loop, vectorized and grouped, within noise, at every shape of
+    ``benchmarks/bench_experts.py --cpu`` (T=2048 with E=8, 64 and 128, and T=16; ``benchmarks/README.md``), so
+    no backend is chosen by shape."""
     if not grouped_mm_runs(x, experts):
         return vectorized_moe(x, indices, weights, keep, experts)
     dispatch = group_pairs(indices, experts.E, keep)
-    ends = dispatch.offsets[1:].to(torch.int32)  # expert e's rows end at ends[e]
-    h = torch._grouped_mm(permute(x, dispatch), experts.w1, offs=ends)
-    y_sorted = torch._grouped_mm(activate(h, experts.activation), experts.w2, offs=ends)
-    return unpermute_and_combine(y_sorted, dispatch, weights)
+    kept = dispatch.num_kept  # dropped pairs sort last: only the first ``kept`` rows exist
+    tokens = dispatch.token_ids[:kept]
+    g = weights.reshape(-1).index_select(0, dispatch.order[:kept]).unsqueeze(-1).to(x.dtype)  # [kept, 1]
+    ends = dispatch.offsets[1:].to(torch.int32)  # expert e's rows end at ends[e]; an idle expert's block is empty
+    h = torch._grouped_mm(x.index_select(0, tokens), experts.w1, offs=ends)
+    y_sorted = torch._grouped_mm(activate(h, experts.activation) * g, experts.w2, offs=ends)
+    return torch.zeros_like(x).index_add_(0, tokens, y_sorted)
 
 
 def triton_moe(x, indices, weights, keep, experts: Experts) -> torch.Tensor:
@@ -77,4 +96,4 @@ def triton_moe(x, indices, weights, keep, experts: Experts) -> torch.Tensor:
 
 
 BACKENDS = {"loop": loop_moe, "vectorized": vectorized_moe, "grouped": grouped_moe, "triton": triton_moe}
-DEFAULT_BACKEND = "grouped"
+DEFAULT_BACKEND = "grouped"  # the fastest on a CPU at every benchmarked shape: see grouped_moe
