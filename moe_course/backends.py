@@ -70,9 +70,9 @@ def grouped_moe(x, indices, weights, keep, experts: Experts) -> torch.Tensor:
     so every gradient reaching ``_grouped_mm``'s backward is a fresh contiguous tensor (an index_select's, the
     activation's), which its CPU kernel needs (16-byte aligned strides).
 
-    The layer's default: on a CPU it is the fastest of loop, vectorized and grouped, within noise, at every shape of
-    ``benchmarks/bench_experts.py --cpu`` (T=2048 with E=8, 64 and 128, and T=16; ``benchmarks/README.md``), so
-    no backend is chosen by shape."""
+    The layer's default: on a CPU it is clearly the fastest from E=64 up and at T=16 in
+    ``benchmarks/bench_experts.py --cpu``; at E=8 with 512 rows per expert the vectorized backend's forward is about
+    9 % faster (its per-expert intermediate stays in the cache; ``benchmarks/README.md``)."""
     if not grouped_mm_runs(x, experts):
         return vectorized_moe(x, indices, weights, keep, experts)
     dispatch = group_pairs(indices, experts.E, keep)
@@ -96,4 +96,4 @@ def triton_moe(x, indices, weights, keep, experts: Experts) -> torch.Tensor:
 
 
 BACKENDS = {"loop": loop_moe, "vectorized": vectorized_moe, "grouped": grouped_moe, "triton": triton_moe}
-DEFAULT_BACKEND = "grouped"  # the fastest on a CPU at every benchmarked shape: see grouped_moe
+DEFAULT_BACKEND = "grouped"  # the fastest on a CPU but for few experts with many rows each: see grouped_moe
