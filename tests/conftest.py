@@ -1,9 +1,7 @@
-"""Fixtures the library's tests share: routings that stress a backend, and one forward-and-backward run."""
+"""Helpers the library's tests share (imported as ``tests.conftest``): routings that stress a backend, and one
+forward-and-backward run."""
 
-import pytest
 import torch
-
-KINDS = ("uniform", "one_expert", "half_idle")
 
 
 def make_indices(kind: str, T: int, k: int, E: int, g: torch.Generator) -> torch.Tensor:
@@ -17,27 +15,16 @@ def make_indices(kind: str, T: int, k: int, E: int, g: torch.Generator) -> torch
     return torch.stack([torch.randperm(E // 2, generator=g)[:k] for _ in range(T)]).view(T, k)
 
 
-def run_forward_backward(fn, inputs: list, params: list, seed: int = 0) -> list:
+def run_forward_backward(fn, inputs: list, params: list = (), dy: torch.Tensor | None = None, seed: int = 0) -> list:
     """``fn(*inputs)`` and its gradients: [output, d inputs..., d params...]. Inputs are copied (leaf tensors that
-    require grad); the output's gradient is a fixed random tensor (the same for a seed in any dtype); a parameter
-    with no gradient reads as zeros."""
+    require grad). The output's gradient is ``dy`` (cast to the output's dtype and device), or a random one fixed by
+    ``seed`` (the same in any dtype). A leaf nothing flows to gets zeros, also when nothing ran at all (no graph)."""
     inputs = [t.detach().clone().requires_grad_() for t in inputs]
-    for p in params:
-        p.grad = None
+    leaves = [*inputs, *params]
     y = fn(*inputs)
-    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    y.backward(dy.to(y.device, y.dtype))  # the same dy, whatever the dtype and device
-    grads = [t.grad for t in inputs] + [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+    if not y.requires_grad:
+        return [y.detach(), *(torch.zeros_like(leaf) for leaf in leaves)]
+    if dy is None:
+        dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    grads = torch.autograd.grad(y, leaves, dy.to(y.device, y.dtype), allow_unused=True, materialize_grads=True)
     return [y.detach(), *grads]
-
-
-@pytest.fixture
-def routing_indices():
-    """:func:`make_indices`: ``routing_indices(kind, T, k, E, generator)``."""
-    return make_indices
-
-
-@pytest.fixture
-def forward_backward():
-    """:func:`run_forward_backward`: ``forward_backward(fn, inputs, params)``."""
-    return run_forward_backward

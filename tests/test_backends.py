@@ -9,6 +9,7 @@ import torch
 
 from moe_course.backends import BACKENDS, DEFAULT_BACKEND, grouped_mm_runs, grouped_moe, loop_moe, vectorized_moe
 from moe_course.experts import Experts
+from tests.conftest import run_forward_backward
 
 PLAIN = ("loop", "vectorized", "grouped")
 D_MODEL, D_FF = 16, 24  # rows of 64, 96 and 192 bytes in float32: torch._grouped_mm takes them
@@ -35,18 +36,14 @@ def make_case(case: str, seed: int = 0) -> dict:
 
 def run(backend, case: dict, dtype, experts64: Experts, dy=None) -> list:
     """[y, dx, dweights, dw1, dw2] of ``backend`` in ``dtype``, on copies of the case's float64 tensors and of
-    ``experts64``; a gradient
-    nothing flows to is zero (where every pair is dropped the loop builds no graph at all)."""
+    ``experts64`` (the output's gradient: ``dy``, by default the case's)."""
     experts = copy.deepcopy(experts64).to(dtype)
-    x = case["x"].to(dtype).requires_grad_()
-    weights = case["weights"].to(dtype).requires_grad_()
-    leaves = (x, weights, experts.w1, experts.w2)
-    y = backend(x, case["indices"], weights, case["keep"], experts)
-    dy = case["dy"].to(dtype) if dy is None else dy
-    if not y.requires_grad:
-        return [y.detach(), *(torch.zeros_like(leaf) for leaf in leaves)]
-    grads = torch.autograd.grad(y, leaves, dy, allow_unused=True, materialize_grads=True)
-    return [y.detach(), *grads]
+    inputs = [case["x"].to(dtype), case["weights"].to(dtype)]
+
+    def step(x, weights):
+        return backend(x, case["indices"], weights, case["keep"], experts)
+
+    return run_forward_backward(step, inputs, [experts.w1, experts.w2], case["dy"] if dy is None else dy)
 
 
 def relative_errors(got: list, want: list) -> list:

@@ -34,7 +34,7 @@ def run_both(T, k, E, D, F, activation, kind="uniform", drop=0.0, combine="reduc
     weights = torch.rand(T, k, generator=g, dtype=torch.float64)
     keep = torch.rand(T, k, generator=g) >= drop if drop else None
     reference = run_forward_backward(
-        lambda x, w: loop_moe(x, indices, w, keep, experts), [x, weights], [experts.w1, experts.w2], seed
+        lambda x, w: loop_moe(x, indices, w, keep, experts), [x, weights], [experts.w1, experts.w2], seed=seed
     )
 
     def kernels(x, w, w1, w2):
@@ -43,7 +43,7 @@ def run_both(T, k, E, D, F, activation, kind="uniform", drop=0.0, combine="reduc
 
     on_device = [x.to(DEVICE, dtype), weights.to(DEVICE, torch.float32), experts.w1.to(DEVICE, dtype),
                  experts.w2.to(DEVICE, dtype)]  # fmt: skip
-    got = run_forward_backward(kernels, on_device, [], seed)
+    got = run_forward_backward(kernels, on_device, seed=seed)
     return [t.double().cpu() for t in got], reference
 
 
