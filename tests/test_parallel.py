@@ -170,9 +170,13 @@ def test_bad_arguments_are_named():
 @pytest.mark.parametrize("ep_size", [2, 1])
 def test_torchrun_entry_point_reports_bytes_equal_to_the_cost_model(ep_size):
     torchrun = Path(sys.executable).parent / "torchrun"
-    command = [str(torchrun), "--standalone", "--nproc-per-node=2", "-m", "moe_course.parallel", "--tokens", "40",
-               "--d-model", "16", "--d-ff", "32", "--steps", "2", "--ep-size", str(ep_size)]  # fmt: skip
-    out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    # One node: the rendezvous address is the loopback, not whatever this machine's hostname resolves to.
+    command = [str(torchrun), "--standalone", "--local-addr=127.0.0.1", "--nproc-per-node=2", "-m",
+               "moe_course.parallel", "--tokens", "40", "--d-model", "16", "--d-ff", "32", "--steps", "2",
+               "--ep-size", str(ep_size)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = done.stdout
     assert f"2 ranks (gloo) in expert-parallel groups of {ep_size}" in out
     reports = [line for line in out.splitlines() if line.startswith("rank ")]
     assert len(reports) == 2

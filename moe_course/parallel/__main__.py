@@ -1,8 +1,9 @@
 """Run the expert-parallel layer on every rank that ``torchrun`` starts, and report what it moved and how long it took.
 
-    torchrun --standalone --nproc-per-node=4 -m moe_course.parallel --tokens 512
+    torchrun --standalone --local-addr=127.0.0.1 --nproc-per-node=4 -m moe_course.parallel --tokens 512
     torchrun --nnodes=2 --nproc-per-node=8 --rdzv-endpoint=HOST:29500 -m moe_course.parallel --ep-size 8 ...
 
+(``--local-addr=127.0.0.1`` keeps a one-node run off the hostname, which some machines cannot resolve.)
 gloo on CPUs, NCCL on GPUs (one per rank, ``LOCAL_RANK``). ``--ep-size`` (default: every rank) splits the world
 into expert-parallel groups of that many consecutive ranks, e.g. one per node; the groups are data-parallel
 replicas, and every step ends by averaging the gradients across them (``average_gradients``). Rank 0 prints the
