@@ -64,15 +64,16 @@ def grouped_moe(x, indices, weights, keep, experts: Experts) -> torch.Tensor:
     blocks; where that cannot run (see :func:`grouped_mm_runs`, e.g. float64), the vectorized backend.
 
     Two changes from the vectorized backend's combine, measured faster on a 2-core CPU (T=2048, E=128, d_ff=64,
-    k=8: forward 33 -> 25 ms, forward + backward 89 -> 74 ms): the router weight scales the activation rows
-    [kept, d_ff] (``(g·a) W2 = g·(a W2)``, as the Triton kernels do), and ``index_add_`` sums each token's rows
-    straight into [T, d_model], with no [T·k, d_model] buffer to fill, scatter and sum. Its backward is a gather,
-    so every gradient reaching ``_grouped_mm``'s backward is a fresh contiguous tensor (an index_select's, the
-    activation's), which its CPU kernel needs (16-byte aligned strides).
+    k=8: forward 33 -> 25 ms, forward + backward 89 -> 74 ms): the router weight scales the narrower of the
+    activation rows [kept, d_ff] and the output rows [kept, d_model] (``(g·a) W2 = g·(a W2)``; at E=8, d_ff=512
+    scaling the output instead of the activation took forward + backward from 75 to 69 ms), and ``index_add_`` sums
+    each token's rows straight into [T, d_model], with no [T·k, d_model] buffer to fill, scatter and sum. Its
+    backward is a gather, so every gradient reaching ``_grouped_mm``'s backward is a fresh contiguous tensor (an
+    index_select's, a product's), which its CPU kernel needs (16-byte aligned strides).
 
-    The layer's default: on a CPU it is clearly the fastest from E=64 up and at T=16 in
-    ``benchmarks/bench_experts.py --cpu``; at E=8 with 512 rows per expert the vectorized backend's forward is about
-    9 % faster (its per-expert intermediate stays in the cache; ``benchmarks/README.md``)."""
+    The layer's default: on a CPU the fastest of the plain-PyTorch backends from E=64 up and at T=16 in
+    ``benchmarks/bench_experts.py --cpu``, and level with the vectorized backend at E=8 with 512 rows per expert
+    (``benchmarks/README.md``)."""
     if not grouped_mm_runs(x, experts):
         return vectorized_moe(x, indices, weights, keep, experts)
     dispatch = group_pairs(indices, experts.E, keep)
@@ -80,8 +81,11 @@ def grouped_moe(x, indices, weights, keep, experts: Experts) -> torch.Tensor:
     tokens = dispatch.token_ids[:kept]
     g = weights.reshape(-1).index_select(0, dispatch.order[:kept]).unsqueeze(-1).to(x.dtype)  # [kept, 1]
     ends = dispatch.offsets[1:].to(torch.int32)  # expert e's rows end at ends[e]; an idle expert's block is empty
-    h = torch._grouped_mm(x.index_select(0, tokens), experts.w1, offs=ends)
-    y_sorted = torch._grouped_mm(activate(h, experts.activation) * g, experts.w2, offs=ends)
+    a = activate(torch._grouped_mm(x.index_select(0, tokens), experts.w1, offs=ends), experts.activation)
+    if experts.d_ff <= experts.d_model:
+        y_sorted = torch._grouped_mm(a * g, experts.w2, offs=ends)
+    else:
+        y_sorted = torch._grouped_mm(a, experts.w2, offs=ends) * g
     return torch.zeros_like(x).index_add_(0, tokens, y_sorted)
 
 

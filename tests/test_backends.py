@@ -13,6 +13,8 @@ from tests.conftest import run_forward_backward
 
 PLAIN = ("loop", "vectorized", "grouped")
 D_MODEL, D_FF = 16, 24  # rows of 64, 96 and 192 bytes in float32: torch._grouped_mm takes them
+# The grouped backend scales the narrower of the activation [n, d_ff] and the output [n, d_model]: test both.
+WIDTHS = (D_FF, D_MODEL // 2)
 
 
 def make_case(case: str, seed: int = 0) -> dict:
@@ -53,9 +55,10 @@ def relative_errors(got: list, want: list) -> list:
 @pytest.mark.parametrize("case", ["keep", "no keep", "k=1", "T=1", "T=0", "all dropped"])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("name", PLAIN)
-def test_every_backend_equals_the_float64_loop(name, dtype, tolerance, case):
+@pytest.mark.parametrize("d_ff", WIDTHS)
+def test_every_backend_equals_the_float64_loop(d_ff, name, dtype, tolerance, case):
     torch.manual_seed(0)
-    experts64 = Experts(6, D_MODEL, D_FF).double()
+    experts64 = Experts(6, D_MODEL, d_ff).double()
     data = make_case(case)
     want = run(loop_moe, data, torch.float64, experts64)
     got = run(BACKENDS[name], data, dtype, experts64)
@@ -98,11 +101,12 @@ def test_grouped_in_half_precision_matches_the_float64_loop(dtype):
 
 
 @pytest.mark.parametrize("layout", ["expanded", "transposed"])
-def test_grouped_backward_takes_any_upstream_gradient(layout):
+@pytest.mark.parametrize("d_ff", WIDTHS)
+def test_grouped_backward_takes_any_upstream_gradient(d_ff, layout):
     """``y.sum().backward()`` sends an expanded gradient (strides 0), a transposed one has strides that are not
     16-byte aligned: ``_grouped_mm``'s backward on the CPU takes neither, so the backend must hand it its own."""
     torch.manual_seed(0)
-    experts64 = Experts(6, D_MODEL, D_FF).double()
+    experts64 = Experts(6, D_MODEL, d_ff).double()
     data = make_case("keep")
     dy = torch.ones(1, 1).expand(23, D_MODEL) if layout == "expanded" else torch.randn(D_MODEL, 23).t()
     assert not dy.is_contiguous()
