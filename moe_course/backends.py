@@ -64,12 +64,12 @@ def grouped_moe(x, indices, weights, keep, experts: Experts) -> torch.Tensor:
     blocks; where that cannot run (see :func:`grouped_mm_runs`, e.g. float64), the vectorized backend.
 
     Two changes from the vectorized backend's combine, measured faster on a 2-core CPU (T=2048, E=128, d_ff=64,
-    k=8: forward 33 -> 25 ms, forward + backward 89 -> 74 ms): the router weight scales the narrower of the
-    activation rows [kept, d_ff] and the output rows [kept, d_model] (``(g·a) W2 = g·(a W2)``; at E=8, d_ff=512
-    scaling the output instead of the activation took forward + backward from 75 to 69 ms), and ``index_add_`` sums
-    each token's rows straight into [T, d_model], with no [T·k, d_model] buffer to fill, scatter and sum. Its
-    backward is a gather, so every gradient reaching ``_grouped_mm``'s backward is a fresh contiguous tensor (an
-    index_select's, a product's), which its CPU kernel needs (16-byte aligned strides).
+    k=8: forward 33 -> 25 ms, forward + backward 89 -> 74 ms). The router weight scales the narrower of the
+    activation rows [kept, d_ff] and the output rows [kept, d_model] (``(g·a) W2 = g·(a W2)``; at E=8, d_ff=512,
+    scaling the output made forward + backward 3-6 ms faster, of about 75). And ``index_add_`` sums each token's
+    rows straight into [T, d_model], with no [T·k, d_model] buffer to fill, scatter and sum. Its backward is a
+    gather, so every gradient reaching ``_grouped_mm``'s backward is a fresh contiguous tensor (an index_select's, a
+    product's), which its CPU kernel needs (16-byte aligned strides).
 
     The layer's default: on a CPU the fastest of the plain-PyTorch backends from E=64 up and at T=16 in
     ``benchmarks/bench_experts.py --cpu``, and level with the vectorized backend at E=8 with 512 rows per expert
