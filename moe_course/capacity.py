@@ -9,7 +9,15 @@ import math
 
 import torch
 
-from .checks import check_choice, check_expert_indices, check_non_negative_int, check_number, check_positive_int
+from .checks import (
+    check_choice,
+    check_counts,
+    check_expert_indices,
+    check_non_negative_int,
+    check_number,
+    check_positive_int,
+    check_tensor,
+)
 from .dispatch import order_by_expert
 
 POLICIES = ("arrival", "priority")
@@ -43,10 +51,9 @@ def capacity_keep(
       ties in arrival order.
     """
     check_expert_indices(indices, E)
+    check_tensor("weights", weights, tuple(indices.shape), "real")
     check_non_negative_int("capacity", capacity)
     check_choice("policy", policy, POLICIES)
-    if weights.shape != indices.shape:
-        raise ValueError(f"weights must have the shape of indices {tuple(indices.shape)}, got {tuple(weights.shape)}")
     return keep_within_capacity(indices, weights, E, capacity, policy)
 
 
@@ -54,6 +61,7 @@ def keep_within_capacity(indices: torch.Tensor, weights: torch.Tensor, E: int, c
     """:func:`capacity_keep` without the argument checks: each expert keeps the first ``capacity`` pairs of its
     queue, the pairs ranked within their expert in the policy's sequence."""
     T, k = indices.shape
+    capacity = min(capacity, T * k)  # more room than pairs keeps the same pairs, and fits an int64
     sequence = torch.arange(T * k, device=indices.device).view(T, k).T.reshape(-1)  # pair ids in arrival order
     if policy == "priority":
         sequence = sequence[torch.sort(-weights.detach().reshape(-1)[sequence], stable=True).indices]
@@ -68,9 +76,8 @@ def padding_waste(counts: torch.Tensor, capacity: int | None = None) -> float:
 
     counts: [E] pairs each expert processes; C defaults to the longest queue (``max(counts)``).
     """
-    if counts.dim() != 1 or counts.numel() == 0:
-        raise ValueError(f"counts must be a 1-D tensor with one entry per expert, got shape {tuple(counts.shape)}")
-    C = int(counts.max()) if capacity is None else capacity
+    check_counts("counts", counts, "integer")
+    C = int(counts.max()) if capacity is None else check_non_negative_int("capacity", capacity)
     if C < int(counts.max()):
         raise ValueError(f"capacity must hold the longest queue ({int(counts.max())}), got {C}")
     slots = C * counts.numel()

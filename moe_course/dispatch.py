@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import check_expert_indices
+from .checks import check_expert_indices, check_keep
 
 
 @dataclass
@@ -88,8 +88,7 @@ def sort_by_expert(indices: torch.Tensor, E: int, keep: torch.Tensor | None = No
     keep: [T, k] bool or None; pairs not kept are sorted behind every expert's block and never processed.
     """
     check_expert_indices(indices, E)
-    if keep is not None and keep.shape != indices.shape:
-        raise ValueError(f"keep must have the shape of indices {tuple(indices.shape)}, got {tuple(keep.shape)}")
+    check_keep(keep, indices)
     return group_pairs(indices, E, keep)
 
 

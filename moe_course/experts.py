@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_choice, check_non_negative_int, check_positive_int
+from .checks import check_choice, check_hidden, check_index, check_non_negative_int, check_positive_int
 
 ACTIVATIONS = ("gelu", "swiglu")
 
@@ -27,11 +27,14 @@ def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
     if activation == "swiglu":
         gate, up = h.chunk(2, dim=-1)
         return F.silu(gate) * up
-    return F.gelu(h)
+    if activation == "gelu":
+        return F.gelu(h)
+    raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
 
 
 def ffn(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, activation: str) -> torch.Tensor:
-    """One FFN: x: [n, d_model], w1: [d_model, d_ff or 2·d_ff], w2: [d_ff, d_model] -> [n, d_model]."""
+    """One FFN: x: [n, d_model], w1: [d_model, d_ff or 2·d_ff], w2: [d_ff, d_model] -> [n, d_model]; activation
+    ``"gelu"`` or ``"swiglu"`` (:func:`activate` refuses any other name)."""
     return activate(x @ w1, activation) @ w2
 
 
@@ -81,9 +84,11 @@ class Experts(nn.Module):
         _init_(self.w2, d_ff)
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """Run expert ``e`` on its tokens x: [n, d_model] -> [n, d_model]. Readable, for one expert; a backend
-        running many takes :meth:`unbound` once instead (indexing ``w1[e]`` per expert costs a backward pass
-        that fills and adds a zero gradient the size of all E experts, per index)."""
+        """Run expert ``e`` (in ``[0, E)``) on its tokens x: [n, d_model] -> [n, d_model]. Readable, for one expert;
+        a backend running many takes :meth:`unbound` once instead (indexing ``w1[e]`` per expert costs a backward
+        pass that fills and adds a zero gradient the size of all E experts, per index)."""
+        e = check_index("e", e, self.E, "E")
+        check_hidden("x", x, self.d_model, like=self.w1)
         return ffn(x, self.w1[e], self.w2[e], self.activation)
 
     def unbound(self) -> list:

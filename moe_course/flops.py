@@ -56,6 +56,8 @@ def moe_ffn_cost(d_model: int, d_ff: int, E: int, k: int, s: int = 0, gated: boo
 
 def moe_layer_cost(config: MoEConfig) -> MoECost:
     """:func:`moe_ffn_cost` of an MoE layer's configuration (SwiGLU experts are gated)."""
+    if not isinstance(config, MoEConfig):
+        raise ValueError(f"config must be an MoEConfig, got {type(config).__name__}")
     c = config
     return moe_ffn_cost(c.d_model, c.d_ff, c.E, c.k, c.n_shared, gated=c.activation == "swiglu")
 
@@ -66,6 +68,8 @@ def format_cost_table(d_model: int, d_ff: int, configs, gated: bool = False) -> 
     lines = [f"{'config':<22}{'stored':>18}{'FLOPs/token':>18}{'active':>16}{'stored/active':>15}"]
     lines.append(f"{'dense':<22}{one:>18,}{2 * one:>18,}{one:>16,}{1.0:>15.1f}")
     for config in configs:
+        if not isinstance(config, tuple) or len(config) not in (2, 3):
+            raise ValueError(f"configs must hold (E, k) or (E, k, s) tuples, got {config!r}")
         c = moe_ffn_cost(d_model, d_ff, *config, gated=gated)
         name = f"E={c.E} top-{c.k}" + (f" +{c.s} shared" if c.s else "")
         lines.append(

@@ -64,6 +64,8 @@ class MoELayer(nn.Module):
         if not isinstance(config, MoEConfig):
             raise ValueError(f"config must be an MoEConfig, got {type(config).__name__}")
         exchange = LocalExchange() if exchange is None else exchange
+        if not callable(getattr(exchange, "shard", None)):
+            raise ValueError(f"exchange must be None, a LocalExchange or an AllToAllExchange, got {exchange!r}")
         first, held = exchange.shard(config.E)
         if config.router == "expert_choice" and not exchange.local:
             raise ValueError("router='expert_choice' decides over the whole batch and is not expert-parallel here")
@@ -76,9 +78,10 @@ class MoELayer(nn.Module):
         self.last_stats: LayerStats | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [..., d_model] -> [..., d_model]; leading dimensions are flattened into T tokens."""
+        """x: [..., d_model] -> [..., d_model]; leading dimensions are flattened into T tokens. x must have the
+        dtype and device of the layer's weights (``layer.to(...)`` moves and converts them)."""
         c = self.config
-        check_hidden("x", x, c.d_model)
+        check_hidden("x", x, c.d_model, like=self.router.gate.weight)
         tokens = x.reshape(-1, c.d_model)
         routing = self.router.route(tokens)
         capacity = None

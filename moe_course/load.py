@@ -2,7 +2,7 @@
 
 import torch
 
-from .checks import check_expert_indices
+from .checks import check_counts, check_expert_indices, check_scores
 
 
 def expert_load(indices: torch.Tensor, E: int) -> torch.Tensor:
@@ -16,8 +16,7 @@ def balance_coefficient(counts: torch.Tensor) -> float:
 
     counts: [E] tokens per expert, as from :func:`expert_load`.
     """
-    if counts.dim() != 1 or counts.numel() == 0:
-        raise ValueError(f"counts must be a 1-D tensor with one entry per expert, got shape {tuple(counts.shape)}")
+    check_counts("counts", counts)
     total = counts.sum().item()
     if total == 0:
         raise ValueError("counts must contain at least one routed token (the ideal load T·k/E is 0)")
@@ -30,8 +29,7 @@ def router_entropy(probs: torch.Tensor) -> float:
 
     ``log E`` for a router that cannot decide, 0 for one that is certain.
     """
-    if probs.dim() != 2:
-        raise ValueError(f"probs must have shape [T, E], got {tuple(probs.shape)}")
+    check_scores("probs", probs)
     if probs.shape[0] == 0:
         return 0.0
     return float(-(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean())

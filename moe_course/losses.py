@@ -6,13 +6,15 @@ to expert i (so Σ f_i = 1); ``P_i`` is the mean over tokens of the router's *fu
 
 import torch
 
-from .checks import check_expert_indices, check_number, check_positive_int
+from .checks import check_counts, check_expert_indices, check_number, check_positive_int, check_scores, check_tensor
 
 
-def _check_scores(name: str, scores: torch.Tensor) -> None:
-    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or not scores.is_floating_point():
-        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise ValueError(f"{name} must be a floating-point tensor of shape [T, E], got {got}")
+def check_routing(probs: torch.Tensor, indices: torch.Tensor) -> None:
+    """``probs: [T, E]`` and ``indices: [T, k]`` of the same T tokens, the expert ids in ``[0, E)``."""
+    check_scores("probs", probs)
+    check_expert_indices(indices, probs.shape[1])
+    if indices.shape[0] != probs.shape[0]:
+        raise ValueError(f"indices must have one row per row of probs ({probs.shape[0]}), got {indices.shape[0]}")
 
 
 def switch_aux_loss(probs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -23,9 +25,13 @@ def switch_aux_loss(probs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     probabilities follow gives more. Mixtral-style code counts f_i per token (Σ f_i = k) and so reports k times
     this value. Gradients flow through P_i only: f_i comes from a discrete choice.
     """
-    _check_scores("probs", probs)
+    check_routing(probs, indices)
+    return _switch_aux_loss(probs, indices)
+
+
+def _switch_aux_loss(probs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """:func:`switch_aux_loss` without the argument checks."""
     T, E = probs.shape
-    check_expert_indices(indices, E)
     if T == 0:
         return probs.sum() * 0  # no tokens, no imbalance (and still a graph to backpropagate through)
     f = torch.bincount(indices.reshape(-1), minlength=E).to(probs.dtype) / indices.numel()
@@ -40,10 +46,10 @@ def sequence_aux_loss(probs: torch.Tensor, indices: torch.Tensor, seq_len: int) 
     puts all its tokens on few experts even when the batch as a whole is balanced.
     """
     check_positive_int("seq_len", seq_len)
-    _check_scores("probs", probs)
+    check_routing(probs, indices)
     if probs.shape[0] % seq_len:
         raise ValueError(f"seq_len={seq_len} must divide the number of tokens {probs.shape[0]}")
-    losses = [switch_aux_loss(p, i) for p, i in zip(probs.split(seq_len), indices.split(seq_len), strict=True)]
+    losses = [_switch_aux_loss(p, i) for p, i in zip(probs.split(seq_len), indices.split(seq_len), strict=True)]
     return torch.stack(losses).mean() if losses else probs.sum() * 0
 
 
@@ -52,7 +58,7 @@ def z_loss(logits: torch.Tensor) -> torch.Tensor:
 
     It keeps the router's logits small, where softmax is numerically stable and not saturated.
     """
-    _check_scores("logits", logits)
+    check_scores("logits", logits)
     if logits.shape[0] == 0:
         return logits.sum() * 0
     return torch.logsumexp(logits, dim=-1).pow(2).mean()
@@ -65,7 +71,9 @@ def update_bias(bias: torch.Tensor, counts: torch.Tensor, gamma: float) -> torch
     An overloaded expert's bias goes down and an underloaded one's up, so the next batch chooses it less or
     more; the bias changes only which experts are chosen, never their weights. bias, counts: [E].
     """
-    if bias.shape != counts.shape or bias.dim() != 1:
+    check_tensor("bias", bias, ("E",), "floating-point")
+    check_counts("counts", counts)
+    if bias.shape != counts.shape:
         raise ValueError(f"bias and counts must both have shape [E], got {tuple(bias.shape)}, {tuple(counts.shape)}")
     check_number("gamma", gamma)
     load = counts.to(bias.dtype)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_choice, check_positive_int
+from .checks import check_choice, check_ids, check_positive_int
 from .config import MoEConfig
 from .experts import FFN
 from .flops import ModelConfig
@@ -88,6 +88,8 @@ class TinyLM(nn.Module):
 
     def __init__(self, config: TinyLMConfig, exchange=None):
         super().__init__()
+        if not isinstance(config, TinyLMConfig):
+            raise ValueError(f"config must be a TinyLMConfig, got {type(config).__name__}")
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.seq_len, config.d_model)
@@ -98,9 +100,13 @@ class TinyLM(nn.Module):
         nn.init.normal_(self.pos_emb.weight, std=0.02)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx: [B, S] token ids, S <= seq_len -> logits [B, S, vocab_size]."""
-        if idx.dim() != 2 or idx.shape[1] > self.config.seq_len:
+        """idx: [B, S] token ids in [0, vocab_size), S <= seq_len, on the model's device -> logits
+        [B, S, vocab_size]."""
+        check_ids("idx", idx, ("B", "S"), "int32 or int64", self.config.vocab_size, "vocab_size")
+        if idx.shape[1] > self.config.seq_len:
             raise ValueError(f"idx must have shape [B, S] with S <= {self.config.seq_len}, got {tuple(idx.shape)}")
+        if idx.device != self.tok_emb.weight.device:
+            raise ValueError(f"idx must be on the model's device {self.tok_emb.weight.device}, got {idx.device}")
         x = self.tok_emb(idx) + self.pos_emb(torch.arange(idx.shape[1], device=idx.device))
         for block in self.blocks:
             x = block(x)

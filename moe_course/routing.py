@@ -11,20 +11,31 @@ losses and the capacity logic work with any of them. Shapes: T tokens, E experts
 | ``expert_choice_routing``| Zhou et al. 2022: each expert picks its top-C tokens           | no               |
 | ``sigmoid_routing``      | DeepSeek-V3: sigmoid scores, a bias that only affects selection | yes             |
 | ``group_limited_routing``| DeepSeek-V2/V3: best groups (nodes) first, then experts in them | yes             |
+
+Weights that sum to 1 are a softmax, over each token's chosen experts, of their log-scores (``log_softmax(logits)``
+for the softmax routers, ``logsigmoid(logits)`` for sigmoid routing): the same numbers as ``s_i / Σ_chosen s_j``,
+and finite where every chosen score ``s`` underflows to 0 and that quotient is 0/0 (in float32: the sigmoid of a
+logit below about −104; a probability, chosen by a bias, whose logit lies about 104 below the token's largest).
+Finite logits give finite weights and gradients. Non-finite logits: −inf is an expert the token cannot use
+(probability 0, weight 0 if it is chosen all the same); NaN, and +inf in a softmax, give the token NaN weights.
 """
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .capacity import capacity_of
 from .checks import (
+    check_bool,
     check_choice,
     check_hidden,
     check_non_negative_int,
     check_number,
     check_positive_int,
+    check_scores,
+    check_tensor,
     check_top_k,
 )
 
@@ -55,22 +66,36 @@ class Routing:
         return torch.ones_like(self.indices, dtype=torch.bool) if self.keep is None else self.keep
 
 
-def check_logits(logits) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"logits must be a floating-point tensor of shape [T, E], got {shape}")
-
-
 def check_order(order: str, renormalize: bool) -> None:
     """``renormalize=False`` only exists for softmax-then-top-k: a softmax over the top k always sums to 1."""
     check_choice("order", order, ORDERS)
+    check_bool("renormalize", renormalize)
     if order == "topk_then_softmax" and not renormalize:
         raise ValueError("renormalize=False needs order='softmax_then_topk' (a softmax over the top k sums to 1)")
 
 
 def check_bias(bias, E: int) -> None:
-    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (E,)):
-        raise ValueError(f"bias must be a tensor of shape [E={E}], got {getattr(bias, 'shape', bias)}")
+    """A selection bias is None or E finite numbers."""
+    if bias is not None:
+        check_tensor("bias", bias, (E,), "real")
+        if not torch.isfinite(bias).all():
+            raise ValueError(f"bias must be finite, got {bias.tolist()}")
+
+
+def check_noise_std(noise_std, shape: torch.Size) -> None:
+    """A float, or a floating-point tensor that broadcasts to the logits' ``shape``; finite and >= 0 either way."""
+    if not isinstance(noise_std, torch.Tensor):
+        check_number("noise_std", noise_std)
+        return
+    check_tensor("noise_std", noise_std, kind="floating-point")
+    try:
+        broadcasts = torch.broadcast_shapes(noise_std.shape, shape) == shape
+    except RuntimeError:
+        broadcasts = False
+    if not broadcasts:
+        raise ValueError(f"noise_std must broadcast to the logits' shape {tuple(shape)}, got {tuple(noise_std.shape)}")
+    if not bool((noise_std >= 0).all() and torch.isfinite(noise_std).all()):
+        raise ValueError("noise_std must be finite and >= 0 everywhere")
 
 
 def top_k_routing(
@@ -89,8 +114,11 @@ def top_k_routing(
     they differ when ``renormalize=False``: then the first order's weights sum to less than 1.
     ``bias: [E]`` is added to the scores for the *choice* only; the weights come from the unbiased scores. The
     scores are probabilities for the first order and logits for the second, so a bias means different amounts.
+    A bias may choose experts whose probabilities underflowed to 0: renormalized, their weights stay finite.
+    A logit of −inf is an expert the token cannot use (probability 0, weight 0 if chosen all the same, NaN if every
+    chosen logit is −inf); +inf or NaN in a row gives NaN weights.
     """
-    check_logits(logits)
+    check_scores("logits", logits)
     check_top_k(k, logits.shape[1])
     check_order(order, renormalize)
     check_bias(bias, logits.shape[1])
@@ -100,15 +128,18 @@ def top_k_routing(
 # The routers' unchecked cores: what a Router runs after checking its settings once, at construction.
 
 
+def _normalized(log_scores: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Each token's chosen scores over their sum, ``s_i / Σ_chosen s_j`` with ``s = exp(log_scores)``: a softmax of
+    the chosen log-scores, finite where the quotient of the scores themselves would be 0/0. [T, E], [T, k] -> [T, k].
+    A row of log-scores with a NaN (a softmax's, from a NaN or +inf logit) gives NaN weights, as the quotient did."""
+    return torch.softmax(log_scores.gather(1, indices), dim=-1)
+
+
 def _top_k(logits, k, order, renormalize, bias) -> Routing:
     probs = torch.softmax(logits, dim=-1)
     scores = probs if order == "softmax_then_topk" else logits
     indices = torch.topk(scores if bias is None else scores + bias, k, dim=-1).indices
-    chosen = scores.gather(1, indices)
-    if order == "topk_then_softmax":
-        weights = torch.softmax(chosen, dim=-1)
-    else:
-        weights = chosen / chosen.sum(dim=-1, keepdim=True) if renormalize else chosen
+    weights = _normalized(torch.log_softmax(logits, dim=-1), indices) if renormalize else probs.gather(1, indices)
     return Routing(indices=indices, weights=weights, probs=probs, logits=logits)
 
 
@@ -118,9 +149,11 @@ def noisy_top_k_routing(
     """Noisy top-k gating (Shazeer et al. 2017): ``H = logits + N(0, 1) · noise_std``, keep the top k of H,
     softmax over them. ``noise_std`` ([T, E] or a float) is learned in the paper as ``softplus(x W_noise)``; the
     noise lets a token sometimes try an expert just below its top k, which spreads the load. ``logits`` of the
-    returned Routing are the noisy ones."""
-    check_logits(logits)
+    returned Routing are the noisy ones. ``noise_std`` must be finite and >= 0; non-finite logits as in
+    :func:`top_k_routing`."""
+    check_scores("logits", logits)
     check_top_k(k, logits.shape[1])
+    check_noise_std(noise_std, logits.shape)
     return _noisy_top_k(logits, k, noise_std, generator)
 
 
@@ -141,8 +174,9 @@ def expert_choice_routing(logits: torch.Tensor, capacity: int) -> Routing:
     Affinities are the softmax over experts. The result has one slot per expert: ``indices[t, e] = e``,
     ``keep[t, e]`` says whether expert e chose token t, ``weights[t, e]`` is its affinity there (0 elsewhere).
     Every expert processes exactly ``capacity`` tokens; a token may get several experts or none.
+    Logits of −inf: affinity 0; +inf or NaN in a token's row: NaN affinities for that token.
     """
-    check_logits(logits)
+    check_scores("logits", logits)
     T, E = logits.shape
     check_non_negative_int("capacity", capacity)
     if capacity > T:
@@ -162,8 +196,13 @@ def _expert_choice(logits, capacity) -> Routing:
 
 def sigmoid_routing(logits: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> Routing:
     """DeepSeek-V3 gating: affinities ``s = sigmoid(logits)``, the top k of ``s + bias`` are chosen, and their
-    unbiased ``s`` normalized to sum to 1 are the weights. ``probs`` is ``s`` normalized over all experts."""
-    check_logits(logits)
+    unbiased ``s`` normalized to sum to 1 are the weights. ``probs`` is ``s`` normalized over all experts.
+
+    Both normalizations are softmaxes of ``logsigmoid(logits)``, the same numbers, finite for any finite logits:
+    below about −104 (float32) every ``s`` is 0 and ``s / Σ s`` would be 0/0. Logits of +inf give ``s = 1``, of −inf
+    ``s = 0`` (weight 0 unless every chosen logit is −inf: NaN weights, as for a NaN logit).
+    """
+    check_scores("logits", logits)
     check_top_k(k, logits.shape[1])
     check_bias(bias, logits.shape[1])
     return _sigmoid(logits, k, bias)
@@ -172,17 +211,17 @@ def sigmoid_routing(logits: torch.Tensor, k: int, bias: torch.Tensor | None = No
 def _sigmoid(logits, k, bias) -> Routing:
     scores = torch.sigmoid(logits)
     indices = torch.topk(scores if bias is None else scores + bias, k, dim=-1).indices
-    chosen = scores.gather(1, indices)
-    probs = scores / scores.sum(dim=-1, keepdim=True)
-    return Routing(indices=indices, weights=chosen / chosen.sum(dim=-1, keepdim=True), probs=probs, logits=logits)
+    log_scores = F.logsigmoid(logits)
+    probs = torch.softmax(log_scores, dim=-1)
+    return Routing(indices=indices, weights=_normalized(log_scores, indices), probs=probs, logits=logits)
 
 
 def group_limited_routing(logits: torch.Tensor, k: int, n_groups: int, topk_groups: int) -> Routing:
     """Group-limited routing (DeepSeek-V2): the E experts form ``n_groups`` equal groups (one per device or
     node); each token first keeps the ``topk_groups`` groups holding its highest expert probability, then its
     top k experts among those groups only. A token's experts then live on at most ``topk_groups`` devices,
-    which bounds its communication."""
-    check_logits(logits)
+    which bounds its communication. Non-finite logits as in :func:`top_k_routing`."""
+    check_scores("logits", logits)
     T, E = logits.shape
     check_top_k(k, E)
     check_positive_int("n_groups", n_groups)
@@ -205,13 +244,18 @@ def _group_limited(logits, k, n_groups, topk_groups) -> Routing:
     in_kept_group.scatter_(1, groups, True)
     masked = probs.masked_fill(~in_kept_group.repeat_interleave(E // n_groups, dim=1), -1.0)
     indices = torch.topk(masked, k, dim=-1).indices
-    chosen = probs.gather(1, indices)
-    return Routing(indices=indices, weights=chosen / chosen.sum(dim=-1, keepdim=True), probs=probs, logits=logits)
+    weights = _normalized(torch.log_softmax(logits, dim=-1), indices)
+    return Routing(indices=indices, weights=weights, probs=probs, logits=logits)
 
 
 def jitter(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Router jitter (Switch Transformer): multiply the router's input by uniform noise in [1 - eps, 1 + eps]."""
+    check_tensor("x", x, kind="floating-point")
     check_number("eps", eps)
+    return _jitter(x, eps, generator)
+
+
+def _jitter(x, eps, generator=None) -> torch.Tensor:
     noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return x * (1 - eps + 2 * eps * noise)
 
@@ -228,6 +272,9 @@ def check_router(E, k, method, order, renormalize, n_groups, topk_groups, capaci
         raise ValueError(f"k must be 1 for switch routing, got {k}")
     if method == "group_limited":
         group_limited_routing(torch.zeros(1, E), k, n_groups, topk_groups)  # validate the groups now
+    elif n_groups is not None or topk_groups is not None:
+        given = "n_groups" if n_groups is not None else "topk_groups"
+        raise ValueError(f"{given} is an option of group-limited routing only, not of {method!r}")
     check_number("capacity_factor", capacity_factor, positive=True)
     check_number("jitter_eps", jitter_eps)
 
@@ -268,19 +315,19 @@ class Router(nn.Module):
         self.register_buffer("bias", torch.zeros(E))
 
     def forward(self, x: torch.Tensor) -> Routing:
-        """x: [T, d_model] -> Routing for T tokens."""
-        check_hidden("x", x, self.d_model)
+        """x: [T, d_model], of the gate's dtype and on its device -> Routing for T tokens."""
+        check_hidden("x", x, self.d_model, like=self.gate.weight)
         return self.route(x)
 
     def route(self, x: torch.Tensor) -> Routing:
         """:meth:`forward` without checking x (the MoE layer checked it)."""
         if self.training and self.jitter_eps > 0:
-            x = jitter(x, self.jitter_eps)
+            x = _jitter(x, self.jitter_eps)
         logits = self.gate(x)
         if self.method == "topk":
             return _top_k(logits, self.k, self.order, self.renormalize, self.bias)
         if self.method == "noisy_topk":
-            noise_std = nn.functional.softplus(self.noise_gate(x)) if self.training else 0.0
+            noise_std = F.softplus(self.noise_gate(x)) if self.training else 0.0
             return _noisy_top_k(logits, self.k, noise_std)
         if self.method == "switch":
             return _top_k(logits, 1, "softmax_then_topk", False, None)

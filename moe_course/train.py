@@ -1,5 +1,6 @@
 """Train the tiny language model, with a choice of load balancing, and record what the routers do."""
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checks import check_choice, check_positive_int
+from .checks import check_bool, check_choice, check_ids, check_non_negative_int, check_number, check_positive_int
 from .load import router_entropy
 from .losses import sequence_aux_loss, switch_aux_loss, update_bias, z_loss
 from .model import TinyLM
@@ -34,6 +35,25 @@ def torch_threads(n: int):
         torch.set_num_threads(previous)
 
 
+def check_seed(name: str, seed) -> int:
+    """A seed torch takes: an int in [0, 2**64)."""
+    if check_non_negative_int(name, seed) >= 2**64:
+        raise ValueError(f"{name} must be below 2**64, got {seed}")
+    return seed
+
+
+def check_model_and_ids(model, **ids) -> None:
+    """``model`` is a :class:`~moe_course.model.TinyLM` and every keyword a 1-D tensor of its token ids, longer
+    than its ``seq_len`` (a batch takes windows of seq_len + 1 tokens)."""
+    if not isinstance(model, TinyLM):
+        raise ValueError(f"model must be a TinyLM, got {type(model).__name__}")
+    c = model.config
+    for name, tokens in ids.items():
+        check_ids(name, tokens, ("n",), "int32 or int64", c.vocab_size, "vocab_size")
+        if len(tokens) <= c.seq_len:
+            raise ValueError(f"{name} must hold more than the model's seq_len={c.seq_len} tokens, got {len(tokens)}")
+
+
 @dataclass
 class TrainConfig:
     """``balance``: ``"none"``; ``"aux"`` adds ``aux_weight`` × the Switch loss; ``"seq_aux"`` its per-sequence
@@ -54,7 +74,13 @@ class TrainConfig:
     def __post_init__(self):
         check_positive_int("steps", self.steps)
         check_positive_int("batch_size", self.batch_size)
+        check_number("lr", self.lr, positive=True)
+        check_seed("seed", self.seed)
         check_choice("balance", self.balance, BALANCING)
+        for name in ("aux_weight", "z_weight", "bias_gamma"):
+            check_number(name, getattr(self, name))
+        check_positive_int("eval_batches", self.eval_batches)
+        check_bool("progress", self.progress)
 
 
 @dataclass
@@ -79,7 +105,10 @@ class History:
 def balancing_losses(model: TinyLM, seq_len: int, sequence_wise: bool = False) -> dict:
     """Switch and z losses of the last forward pass, averaged over the MoE layers, and with ``sequence_wise``
     the per-sequence Switch loss (``"seq_aux"``) too."""
+    check_model_and_ids(model)
     routings = [layer.last_routing for layer in model.moe_layers()]
+    if not routings or any(r is None for r in routings):
+        raise ValueError("model must have MoE layers that have run a forward pass")
     losses = {
         "aux": torch.stack([switch_aux_loss(r.probs, r.indices) for r in routings]).mean(),
         "z": torch.stack([z_loss(r.logits) for r in routings]).mean(),
@@ -93,6 +122,9 @@ def balancing_losses(model: TinyLM, seq_len: int, sequence_wise: bool = False) -
 @torch.no_grad()
 def evaluate(model: TinyLM, ids: torch.Tensor, batch_size: int, n_batches: int, seed: int = 0) -> float:
     """Mean next-token cross-entropy over ``n_batches`` random batches of ``ids`` (the same ones for a seed)."""
+    check_model_and_ids(model, ids=ids)
+    check_positive_int("n_batches", n_batches)
+    check_seed("seed", seed)
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(seed)
@@ -106,7 +138,13 @@ def evaluate(model: TinyLM, ids: torch.Tensor, batch_size: int, n_batches: int, 
 
 @torch_threads(THREADS)
 def train(model: TinyLM, train_ids: torch.Tensor, val_ids: torch.Tensor, config: TrainConfig) -> History:
-    """AdamW on random batches of ``train_ids``; the same seed gives the same history."""
+    """AdamW on random batches of ``train_ids``; the same seed gives the same history.
+
+    Stops with a ``FloatingPointError`` at the first step whose loss is not finite (NaN or inf), before that step
+    changes the model: lower ``lr`` (or the balancing weights) and train again."""
+    check_model_and_ids(model, train_ids=train_ids, val_ids=val_ids)
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
     c = config
     if c.balance != "none" and not model.moe_layers():
         raise ValueError(f"balance={c.balance!r} needs a model with MoE layers")
@@ -115,7 +153,7 @@ def train(model: TinyLM, train_ids: torch.Tensor, val_ids: torch.Tensor, config:
     optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr)
     history = History()
     model.train()
-    for _ in tqdm(range(c.steps), disable=not c.progress, desc=f"training ({c.balance})"):
+    for step in tqdm(range(1, c.steps + 1), disable=not c.progress, desc=f"training ({c.balance})"):
         x, y = get_batch(train_ids, c.batch_size, model.config.seq_len, g)
         loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         total = loss
@@ -129,6 +167,12 @@ def train(model: TinyLM, train_ids: torch.Tensor, val_ids: torch.Tensor, config:
                 total = total + c.z_weight * extra["z"]
             history.aux_loss.append(extra["aux"].item())
             history.z_loss.append(extra["z"].item())
+        value = total.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"the loss became non-finite ({value}) at step {step} of {c.steps}, which did not change the model: "
+                f"lower lr={c.lr} (or the balancing weights) and train again"
+            )
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
