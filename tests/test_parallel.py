@@ -2,10 +2,13 @@
 batch (outputs and gradients), adversarial routings, token conservation, the bytes cost model, and a launcher
 that fails fast and leaves no process behind."""
 
+import math
 import multiprocessing
+import re
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -25,7 +28,16 @@ from moe_course.parallel.workers import (
     tinylm_case,
     train_steps,
 )
-from tests.parallel_workers import ep_size_layers, failing_worker, identity_round_trip, sleeping_worker
+from tests.parallel_workers import (
+    dying_while_sending,
+    ep_size_layers,
+    exiting_silently,
+    failing_worker,
+    identity_round_trip,
+    mismatched_layers,
+    sleeping_worker,
+    starting_a_child,
+)
 
 SIZES = dict(d_model=16, d_ff=24, E=8)
 
@@ -81,18 +93,99 @@ def test_identity_experts_return_each_token_times_its_weights():
     assert torch.allclose(y, x * weights.sum(dim=1, keepdim=True), atol=1e-6)
 
 
-def test_a_failing_rank_raises_in_the_caller_quickly_and_leaves_no_process():
+@pytest.mark.parametrize(
+    "worker, message",
+    [
+        (failing_worker, "(?s)rank 1 failed:.*ValueError: rank 1 fails on purpose"),  # the others wait in a collective
+        (exiting_silently, "rank 1 exited with code 0 before returning a result"),
+        (dying_while_sending, "rank 1 was killed by signal 9 before returning a result"),
+    ],
+)
+def test_a_failing_rank_is_reported_at_once_and_leaves_no_process(worker, message):
     start = time.monotonic()
-    with pytest.raises(RuntimeError, match="rank 1 failed"):
-        run_workers(failing_worker, 2, timeout=60)
-    assert time.monotonic() - start < 30
+    with pytest.raises(RuntimeError, match=message):
+        run_workers(worker, 2, timeout=60)
+    assert time.monotonic() - start < 20  # the others would run for 60 s
     assert multiprocessing.active_children() == []
 
 
 def test_a_hanging_run_is_stopped_at_the_timeout():
-    with pytest.raises(TimeoutError, match="timeout=3"):
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"timeout=3 s \(ranks running: \[0, 1\]\)"):
         run_workers(sleeping_worker, 2, 60.0, timeout=3)
+    assert time.monotonic() - start < 3 + 5
     assert multiprocessing.active_children() == []
+
+
+def still_running(folder: Path, world_size: int) -> list:
+    """The children that :func:`~tests.parallel_workers.starting_a_child` started (one per rank, its pid in
+    ``folder``) still running 2 s on: a killed process takes a moment to go; a zombie, dead but not reaped, is gone."""
+    pids = [int((folder / f"{rank}.pid").read_text()) for rank in range(world_size)]
+    end = time.monotonic() + 2
+    while True:
+        states = [
+            subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout for pid in pids
+        ]
+        alive = [pid for pid, state in zip(pids, states, strict=True) if state.strip()[:1] not in ("", "Z")]
+        if not alive or time.monotonic() > end:
+            return alive
+        time.sleep(0.05)
+
+
+def test_a_run_returns_large_results_whole_and_stops_what_its_workers_started(tmp_path):
+    n = 8_000_000  # 32 MB from each rank
+    results = run_workers(starting_a_child, 2, str(tmp_path), n)
+    assert all(r.shape == (n,) and bool((r == rank).all()) for rank, r in enumerate(results))
+    assert still_running(tmp_path, 2) == []
+
+
+def test_a_failed_run_stops_what_its_workers_started(tmp_path):
+    with pytest.raises(RuntimeError, match="rank 0 failed"):
+        run_workers(starting_a_child, 1, str(tmp_path), 1, 0)
+    assert still_running(tmp_path, 1) == []
+
+
+def nested_worker():
+    def worker(rank, world_size):
+        return rank
+
+    return worker
+
+
+@pytest.fixture
+def notebook(monkeypatch) -> types.ModuleType:
+    """A notebook's or an interactive session's ``__main__`` (no file the workers could import), defining ``worker``
+    and ``Setting``."""
+    module = types.ModuleType("__main__")
+    exec("def worker(rank, world_size):\n    return rank\n\nclass Setting:\n    pass", module.__dict__)
+    monkeypatch.setitem(sys.modules, "__main__", module)
+    return module
+
+
+def test_a_worker_the_children_cannot_import_is_refused_before_any_starts(notebook):
+    for fn in (notebook.worker, lambda rank, world_size: rank, nested_worker()):
+        with pytest.raises(ValueError, match=f"^fn={re.escape(fn.__qualname__)} .*cannot (be )?import"):
+            run_workers(fn, 2)
+    assert multiprocessing.active_children() == []
+
+
+def test_an_argument_the_children_cannot_import_fails_with_its_cause(notebook):
+    with pytest.raises(RuntimeError, match="(?s)rank 0 failed:.*Can't get attribute 'Setting'"):
+        run_workers(sleeping_worker, 1, notebook.Setting())
+
+
+def test_ranks_that_disagree_on_a_size_the_exchange_relies_on_all_raise():
+    """Rank 1 builds its layer with one size changed: every rank names it, instead of exchanging garbage."""
+    differences = [dict(E=8), dict(d_model=32), dict(dtype=torch.float64), dict(capacity_factor=4.0), {}]
+    results = run_workers(mismatched_layers, 2, differences)
+    expected = [
+        "E=4 on rank 0, E=8 on rank 1",
+        "d_model=16 on rank 0, d_model=32 on rank 1",
+        "dtype=torch.float32 on rank 0, dtype=torch.float64 on rank 1",
+        "capacity=2 on rank 0, capacity=5 on rank 1",  # ceil(cf · T · k / E) with T=5, k=1, E=4
+    ]
+    messages = [f"the ranks of the expert-parallel group disagree on {each.split('=')[0]}: {each}" for each in expected]
+    assert results == [messages + [1]] * 2  # agreeing ranks: three calls, one check (no host sync once agreed)
 
 
 def test_dispatch_bytes_cost_model():
@@ -165,6 +258,9 @@ def test_bad_arguments_are_named():
         AllToAllExchange()  # no process group
     with pytest.raises(ValueError, match="world_size"):
         run_workers(failing_worker, 0)
+    for timeout in (math.nan, math.inf, "5", 0, -1.0, True):
+        with pytest.raises(ValueError, match="^timeout"):
+            run_workers(failing_worker, 2, timeout=timeout)
 
 
 @pytest.mark.parametrize("ep_size", [2, 1])

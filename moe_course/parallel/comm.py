@@ -5,7 +5,8 @@ after it sends no gradient back to the rows that were sent. The backward of an a
 reverse: what rank r received from rank s goes back to s, so the split sizes swap.
 
 The exchanges run inside an expert-parallel group: the whole world, or, with ``ep_size`` < W, one of the W/ep_size
-groups of consecutive ranks that :func:`expert_parallel_group` makes.
+groups of consecutive ranks that :func:`expert_parallel_group` makes. An all-to-all trusts every rank to send what
+the others expect: :func:`check_ranks_agree` checks, once, that they agree on the sizes it relies on.
 """
 
 import torch
@@ -40,6 +41,20 @@ def exchange_counts(counts: torch.Tensor, group=None) -> torch.Tensor:
     received = torch.empty_like(counts)
     dist.all_to_all_single(received, counts, group=group)
     return received
+
+
+def check_ranks_agree(layout: dict, group=None) -> None:
+    """Raise ``ValueError`` on every rank of ``group`` (None: the world) unless all of them pass the same ``layout``
+    {name: value}, naming the first entry that differs and its value on each rank. A collective (one
+    ``all_gather_object``): every rank of the group must call it, with the same names in the same order."""
+    layouts = [None] * dist.get_world_size(group)
+    dist.all_gather_object(layouts, layout, group=group)
+    ranks = dist.get_process_group_ranks(dist.group.WORLD if group is None else group)
+    for name, value in layout.items():
+        values = [other[name] for other in layouts]
+        if any(v != value for v in values):
+            each = ", ".join(f"{name}={v} on rank {r}" for r, v in zip(ranks, values, strict=True))
+            raise ValueError(f"the ranks of the expert-parallel group disagree on {name}: {each}")
 
 
 _GROUPS: dict = {}  # ep_size -> (the world they were made in, expert-parallel group, replica group)

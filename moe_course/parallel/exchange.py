@@ -5,6 +5,8 @@ also groups them by destination rank; exchange the counts; send the rows (all-to
 experts on what arrived, with any of the layer's backends; send the results back (all-to-all, combine);
 un-permute and take the weighted sum. Dropless by default; with a capacity, every rank sends exactly C rows per
 expert (zero-padded), the fixed-size exchange of GShard and Switch, the pairs that do not fit already dropped.
+Before the first exchange of a layout (E, d_model, dtype, capacity) the ranks check that they all share it: a rank
+built with another E would otherwise read garbage counts.
 """
 
 import torch
@@ -14,7 +16,7 @@ from ..checks import check_positive_int
 from ..dispatch import group_pairs, permute, unpermute_and_combine
 from ..exchange import Traffic
 from ..experts import Experts
-from .comm import all_to_all, exchange_counts, expert_parallel_group, expert_replica_group
+from .comm import all_to_all, check_ranks_agree, exchange_counts, expert_parallel_group, expert_replica_group
 
 
 def run_local_experts(rows: torch.Tensor, local_ids: torch.Tensor, experts: Experts, backend) -> torch.Tensor:
@@ -54,6 +56,7 @@ class AllToAllExchange:
         if not dist.is_initialized():
             raise ValueError("group: expert parallelism needs an initialized torch.distributed process group")
         self.group, self.replicas = group, replicas
+        self._agreed = set()  # the layouts every rank of the group was checked to share
 
     @classmethod
     def for_ep_size(cls, ep_size: int) -> "AllToAllExchange":
@@ -74,6 +77,16 @@ class AllToAllExchange:
         dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=self.group)
         return int(largest)
 
+    def _check_layout(self, E: int, x: torch.Tensor, capacity: int | None) -> None:
+        """Every rank of the group must exchange rows of one width and dtype, for the same E experts and capacity.
+        Checked once per layout (a collective), so the steady state adds no host sync; every rank must change its
+        layout at the same call."""
+        layout = dict(E=E, d_model=x.shape[1], dtype=x.dtype, capacity=capacity)
+        key = tuple(layout.values())
+        if key not in self._agreed:
+            check_ranks_agree(layout, self.group)
+            self._agreed.add(key)
+
     def __call__(self, x, indices, weights, keep, experts: Experts, backend, capacity: int | None) -> tuple:
         """(y [T, d], :class:`~moe_course.exchange.Traffic`) for this rank's tokens x [T, d] routed over all E
         experts; ``experts`` are the E/P held here. ``capacity``: rows each rank sends to each expert (fixed-size
@@ -81,6 +94,7 @@ class AllToAllExchange:
         P = dist.get_world_size(self.group)
         E_local = experts.E
         E = E_local * P
+        self._check_layout(E, x, capacity)
         dispatch = group_pairs(indices, E, keep)
         rows = permute(x, dispatch)  # [kept pairs, d], grouped by expert and so by destination rank
         if capacity is None:
