@@ -20,7 +20,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.t
 # JupyterLab refuses to run as root unless told; containers often are root.
 AS_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup workspace lab formgrader test lint grade exercises clean
+.PHONY: setup workspace lab formgrader test lint grade autograde exercises clean
 
 # A virtual environment in the repo with the pinned dependencies and the package in editable mode.
 # torch is installed first, alone, so the chosen build is what every later requirement sees.
@@ -62,6 +62,12 @@ test: lint
 grade: setup
 	@test -n "$(ASSIGNMENT)" || { echo "usage: make grade ASSIGNMENT=<one of: $(ASSIGNMENTS)>"; exit 2; }
 	$(PY) -m moe_course.grading $(ASSIGNMENT)
+
+# Instructors: grade every submitted/<student>/<assignment>/, each submission alone, into gradebook.db, autograded/
+# and feedback/: make autograde ASSIGNMENT=02_moe_layer
+autograde: setup
+	@test -n "$(ASSIGNMENT)" || { echo "usage: make autograde ASSIGNMENT=<one of: $(ASSIGNMENTS)>"; exit 2; }
+	$(PY) -m moe_course.grading --class $(ASSIGNMENT)
 
 # Regenerate the student notebooks in exercises/ from solutions/ (instructors, after editing a solution).
 exercises: setup

@@ -3,6 +3,8 @@
 from pathlib import Path
 
 import nbgrader
+from nbgrader.converters import Autograde
+from nbgrader.preprocessors import Execute
 
 c = get_config()  # noqa: F821 (provided by nbgrader)
 
@@ -14,7 +16,9 @@ c.CourseDirectory.db_url = "sqlite:///gradebook.db"
 c.Execute.timeout = 60
 # A learner who deletes a test cell gets it back from the source notebook.
 c.OverwriteCells.add_missing_cells = True
-# A warning printed to stderr must not zero a correct answer (nbgrader fails any test cell with stderr output).
+# Output on stderr must not zero a correct answer (nbgrader fails any test cell with stderr output). The course's
+# grading (moe_course/grading.py) runs notebooks in moe_course/grading_kernel.py, which sends stderr as stdout; in
+# the plain kernel (`nbgrader autograde` on its own) this at least keeps warnings from costing marks.
 c.IgnorePattern.enabled = True
 c.IgnorePattern.pattern = r"Warning"
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
@@ -29,3 +33,10 @@ c.GenerateFeedback.HTMLExporter.extra_template_basedirs = [
 ]
 c.GenerateFeedback.HTMLExporter.template_name = "course_feedback"
 c.GenerateFeedback.HTMLExporter.template_file = "course_feedback.html.j2"
+
+# A kernel that dies, or a cell that ignores the interrupt at the time limit, costs the parts not yet run instead of
+# the whole notebook; the processes a notebook started do not outlive it (moe_course/grading_execute.py).
+c.Autograde.autograde_preprocessors = [
+    "moe_course.grading_execute.GradingExecute" if p is Execute else p
+    for p in Autograde.class_traits()["autograde_preprocessors"].default()
+]
