@@ -194,8 +194,9 @@ def grade_submissions(
     the repo's configuration. ``extra``: further nbgrader options for autograde (e.g. ``--Execute.timeout=10``);
     ``timeout``: seconds one submission may take in all.
 
-    Each submission is graded in a course of its own, a copy of a template (:func:`keep_only_what_grading_needs`):
-    the student's files, the gradebook, the configuration and a copy of the library, nothing else. A notebook that
+    Each submission is graded in a course of its own, written from a template held in memory (so that no submission
+    can change the course the next one is graded in; :func:`keep_only_what_grading_needs`): the student's files, the
+    gradebook, the configuration and a copy of the library, nothing else. A notebook that
     cannot be read scores 0 and says why (:mod:`moe_course.grading_submission`); nothing it starts outlives its
     grading (:mod:`moe_course.grading_supervisor`); a kernel that dies costs only the parts not yet run
     (:mod:`moe_course.grading_execute`). Then, with no submission's code running any more, the results go into
@@ -210,17 +211,18 @@ def grade_submissions(
 
     snapshots = {student: read_files(Path(folder)) for student, folder in submissions.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        template = Path(tmp)  # the course each submission is graded in a copy of
+        template = Path(tmp)  # the course every submission is graded in, read into memory below
         make_course(repo, assignment, template)
         released = {
             p.name: nbformat.read(p, as_version=4) for p in (template / "exercises" / assignment).glob("*.ipynb")
         }
         add_assignment(template, assignment, course_dir)
         keep_only_what_grading_needs(template)
-        outcomes = {
-            student: grade_alone(template, assignment, student, files, released, extra, timeout)
-            for student, files in snapshots.items()
-        }
+        template_files = read_files(template)  # kept in memory: no submission's code can reach it on disk
+    outcomes = {
+        student: grade_alone(template_files, assignment, student, files, released, extra, timeout)
+        for student, files in snapshots.items()
+    }
     for student, outcome in outcomes.items():
         keep(course_dir, assignment, student, outcome, snapshots[student])
     grades = merge(course_dir, assignment, outcomes)
@@ -260,9 +262,10 @@ def keep_only_what_grading_needs(course: Path) -> None:
 
 
 def grade_alone(
-    template: Path, assignment: str, student: str, files: dict, released: dict, extra: tuple, timeout: float
+    template: dict, assignment: str, student: str, files: dict, released: dict, extra: tuple, timeout: float
 ) -> Outcome:
-    """Autograde one student's ``files`` in a copy of ``template``, their notebooks checked first."""
+    """Autograde one student's ``files`` in a course made of ``template`` (``{path: bytes}``, see
+    :func:`read_files`), their notebooks checked first."""
     import nbformat
 
     from .grading_submission import Ungradable, check_notebook
@@ -281,7 +284,7 @@ def grade_alone(
         return Outcome(problems)
     with tempfile.TemporaryDirectory() as tmp:
         course, log = Path(tmp) / "course", Path(tmp) / "autograde.log"
-        shutil.copytree(template, course)
+        write_files(course, template)
         write_files(course / "submitted" / student / assignment, files)
         try:
             run_nbgrader(course, "autograde", assignment, *extra, timeout=timeout, log=log, library=course / LIBRARY)

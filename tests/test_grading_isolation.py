@@ -104,9 +104,11 @@ os.wait()
 
 
 def vandal(victim: Path) -> str:
-    """Look around its course, plant a module in its library, blank every other notebook it can find."""
+    """Look around its course, plant a module in its library, blank every other notebook it can find, and empty every
+    other grading course it finds in the temporary folder (a course the next student could be graded in)."""
     return f"""import json
 import os
+import tempfile
 from pathlib import Path
 
 import moe_course
@@ -120,6 +122,10 @@ for notebook in [Path({str(victim)!r}), *course.glob("submitted/*/{A}/{NOTEBOOK}
     if "vandal" not in str(notebook):
         notebook.write_text({BLANK!r})
         print("BLANKED", notebook)
+for gradebook in Path(tempfile.gettempdir()).glob("*/gradebook.db"):
+    if gradebook.parent != course and (gradebook.parent / "lib" / "moe_course").is_dir():
+        gradebook.write_bytes(b"")
+        print("EMPTIED", gradebook)
 """
 
 
@@ -285,7 +291,7 @@ def test_a_submission_cannot_change_another_students_work(graded):
     blanked = printed(load(course / "autograded" / "vandal" / A / NOTEBOOK), "swiglu_expert", "BLANKED")
     assert blanked == str(victim)  # it found zoe's notebook and blanked it, after it was read for grading
     assert victim.read_bytes() == zoe  # and submitted/ holds again what was graded
-    full_marks_except(parts(grades, "zoe"))
+    full_marks_except(parts(grades, "zoe"))  # graded after the vandal, in a course written afresh from memory
 
 
 def test_the_course_gradebook_holds_every_student_and_exports(graded):
