@@ -1,7 +1,8 @@
 """pytest for the whole course: tests/, and the notebooks of notebooks/ and solutions/ (nbval).
 
 Triton has no build for macOS. There, the tests and notebooks that need it are not collected, and the run says so
-in its header; everything else runs. On Linux Triton is part of the install (tests/test_env.py checks it).
+in its header; everything else runs. The header also says whether grading confines submissions (Landlock; the tests
+of that confinement skip where it is missing). On Linux Triton is part of the install (tests/test_env.py checks it).
 """
 
 import pytest
@@ -22,8 +23,15 @@ def pytest_configure(config):
 
 
 def pytest_report_header(config):
+    from moe_course.grading_sandbox import abi
+
+    landlock = abi()
+    lines = [
+        f"Landlock ABI {landlock}: grading confines submissions" if landlock else "no Landlock: grading unconfined"
+    ]
     if not has_triton():
-        return f"Triton is not installed (no build for this platform): skipping {', '.join(TRITON_ONLY)}"
+        lines.append(f"Triton is not installed (no build for this platform): skipping {', '.join(TRITON_ONLY)}")
+    return lines
 
 
 def pytest_collection_modifyitems(items):

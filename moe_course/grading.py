@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from . import grading_supervisor
+from . import grading_sandbox, grading_supervisor
 
 
 def safety_net_passes(check: Callable[[], object], seconds: float = 5) -> bool:
@@ -128,7 +128,7 @@ def run_nbgrader(
     from .grading_kernel import KERNEL_NAME, kernel_environment
 
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = dict(os.environ, PATH=path, **kernel_environment(course_dir))
+    env = dict(os.environ, PATH=path, **kernel_environment(course_dir, library))
     if library:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(library), env.get("PYTHONPATH")]))
     kernel = f"--Execute.kernel_name={KERNEL_NAME}"
@@ -196,10 +196,11 @@ def grade_submissions(
 
     Each submission is graded in a course of its own, written from a template held in memory (so that no submission
     can change the course the next one is graded in; :func:`keep_only_what_grading_needs`): the student's files, the
-    gradebook, the configuration and a copy of the library, nothing else. A notebook that
-    cannot be read scores 0 and says why (:mod:`moe_course.grading_submission`); nothing it starts outlives its
-    grading (:mod:`moe_course.grading_supervisor`); a kernel that dies costs only the parts not yet run
-    (:mod:`moe_course.grading_execute`). Then, with no submission's code running any more, the results go into
+    gradebook, the configuration and a copy of the library, nothing else; where Linux has Landlock its kernel reads
+    only that copy and its Python and writes only the notebook's folder (:mod:`moe_course.grading_sandbox`). A
+    notebook that cannot be read scores 0 and says why (:mod:`moe_course.grading_submission`); nothing it starts
+    outlives its grading (:mod:`moe_course.grading_supervisor`); a kernel that dies costs only the parts not yet
+    run (:mod:`moe_course.grading_execute`). Then, with no submission's code running any more, the results go into
     ``course_dir``: ``gradebook.db`` (scores capped at the points each part is worth), ``submitted/`` (as graded),
     ``autograded/<student>/<assignment>/`` with nbgrader's log beside it (``<assignment>.log``), and feedback HTML
     under ``feedback/<student>/<assignment>/``: ``offline``, beside the MathJax it loads
@@ -417,7 +418,8 @@ def grade_class(course: Path, assignment: str) -> dict:
     folders = {p.parent.name: p for p in sorted((course / "submitted").glob(f"*/{assignment}")) if p.is_dir()}
     if not folders:
         raise ValueError(f"no submissions: put each student's notebooks in submitted/<student>/{assignment}/")
-    print(f"Grading {len(folders)} submissions of {assignment}, each alone ...", flush=True)
+    confined = "confined to its folders" if grading_sandbox.abi() else "NOT confined (no Landlock here; see README)"
+    print(f"Grading {len(folders)} submissions of {assignment}, each alone, {confined} ...", flush=True)
     grades = grade_submissions(course, assignment, folders, course, offline=False)
     print(format_class(grades))
     return grades

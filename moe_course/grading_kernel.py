@@ -39,7 +39,10 @@ from pathlib import Path
 from ipykernel.ipkernel import IPythonKernel
 from ipykernel.kernelapp import IPKernelApp
 
+from moe_course import grading_sandbox
+
 KERNEL_NAME = "moe-course-grading"
+CONFINE = "MOE_COURSE_CONFINE"  # JSON {"read": [...], "write": [...]}: the folders the kernel is confined to
 # The modules the hidden tests use: those of moe_course the assignments import (Triton's kernels aside), with
 # everything of moe_course they import in turn.
 GUARDED_MODULES = (
@@ -90,9 +93,12 @@ class Snapshot:
 
 
 class GradingKernel(IPythonKernel):
-    """The IPython kernel, restoring a :class:`Snapshot` taken at start before each cell, stderr sent as stdout."""
+    """The IPython kernel, restoring a :class:`Snapshot` taken at start before each cell, stderr sent as stdout;
+    confined to the folders ``MOE_COURSE_CONFINE`` names, if set (:func:`kernel_environment`)."""
 
     def start(self):
+        if CONFINE in os.environ:  # after the kernel read its connection file, before any cell
+            grading_sandbox.confine(**json.loads(os.environ[CONFINE]))
         sys.stderr.name = "stdout"  # the name each stream message carries: nbgrader zeroes a cell with "stderr"
         self.snapshot = Snapshot(self.shell)
         super().start()
@@ -105,13 +111,23 @@ class GradingKernel(IPythonKernel):
             self.snapshot.restore()
 
 
-def kernel_environment(course_dir: Path) -> dict:
+def kernel_environment(course_dir: Path, library: Path | None = None) -> dict:
     """Write the kernelspec of :class:`GradingKernel` (``KERNEL_NAME``, this Python) into ``course_dir/jupyter`` and
-    return the environment variables under which Jupyter finds it there."""
-    spec_dir = Path(course_dir) / "jupyter" / "kernels" / KERNEL_NAME
+    return the environment variables under which Jupyter finds it there.
+
+    With ``library`` (a submission's course, holding a copy of the library there), the kernel is confined
+    (:mod:`moe_course.grading_sandbox`) to reading ``library`` and writing ``course_dir/autograded`` (where nbgrader
+    runs the notebook) and ``course_dir/home``, its home and temporary folder."""
+    course_dir = Path(course_dir)
+    spec_dir = course_dir / "jupyter" / "kernels" / KERNEL_NAME
     spec_dir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", __name__, "-f", "{connection_file}", "--HistoryManager.hist_file=:memory:"]
     spec = {"argv": argv, "display_name": "Python 3 (moe_course grading)", "language": "python"}
+    if library:
+        home = course_dir / "home"
+        (home / "tmp").mkdir(parents=True, exist_ok=True)
+        confined = {"read": [str(library)], "write": [str(course_dir / "autograded"), str(home)]}
+        spec["env"] = {"HOME": str(home), "TMPDIR": str(home / "tmp"), CONFINE: json.dumps(confined)}
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
     return {"JUPYTER_PATH": os.pathsep.join(filter(None, [str(spec_dir.parents[1]), os.environ.get("JUPYTER_PATH")]))}
 

@@ -19,13 +19,15 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from moe_course import grading_supervisor
+from moe_course import grading_sandbox, grading_supervisor
 from moe_course.grading import grade_class, main, run_nbgrader
 from moe_course.grading_submission import Ungradable, check_notebook, read_notebook
 from tests.test_grading import REPO, both, cell, delete, full_marks_except, load, replace, submission
 
 A = "02_moe_layer"
 NOTEBOOK = f"{A}.ipynb"
+# Where a submission's process can leave its pid: the one folder outside its own it may write to when confined.
+SHARED = Path(grading_sandbox.SHARED_MEMORY)
 BLANK = json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
 
 
@@ -103,9 +105,10 @@ os.wait()
 """
 
 
-def vandal(victim: Path) -> str:
-    """Look around its course, plant a module in its library, blank every other notebook it can find, and empty every
-    other grading course it finds in the temporary folder (a course the next student could be graded in)."""
+def vandal(course_dir: Path) -> str:
+    """Look around its course, then try, by absolute path, to read the hidden tests and to write where it must not:
+    a line ``DONE <what>`` or ``REFUSED <what>`` for each try."""
+    victim = course_dir / "submitted" / "zoe" / A / NOTEBOOK
     return f"""import json
 import os
 import tempfile
@@ -114,18 +117,26 @@ from pathlib import Path
 import moe_course
 
 course = Path.cwd().parents[2]  # nbgrader runs it in autograded/<student>/<assignment>/
-print("SEEN", json.dumps([str(p.relative_to(course)) for p in course.rglob("*.ipynb")]))
-print("TOP", json.dumps(sorted(os.listdir(course))))
 print("LIBRARY", moe_course.__file__)
-(Path(moe_course.__file__).parent / "planted.py").write_text("PLANTED = True\\n")
-for notebook in [Path({str(victim)!r}), *course.glob("submitted/*/{A}/{NOTEBOOK}")]:
-    if "vandal" not in str(notebook):
-        notebook.write_text({BLANK!r})
-        print("BLANKED", notebook)
-for gradebook in Path(tempfile.gettempdir()).glob("*/gradebook.db"):
-    if gradebook.parent != course and (gradebook.parent / "lib" / "moe_course").is_dir():
-        gradebook.write_bytes(b"")
-        print("EMPTIED", gradebook)
+tries = {{
+    "list its course": lambda: print("TOP", json.dumps(sorted(os.listdir(course)))),
+    "read its course's gradebook": lambda: (course / "gradebook.db").read_bytes(),
+    "read the class gradebook": lambda: Path({str(course_dir / "gradebook.db")!r}).read_bytes(),
+    "read the source notebook": lambda: Path({str(REPO / "solutions" / A / NOTEBOOK)!r}).read_bytes(),
+    "write into its copy of the library": lambda: (Path(moe_course.__file__).parent / "planted.py").write_text("1"),
+    "write into the library": lambda: Path({str(REPO / "moe_course" / "planted.py")!r}).write_text("1"),
+    "blank another student's notebook": lambda: Path({str(victim)!r}).write_text({BLANK!r}),
+    "write into the system temporary folder": lambda: Path("/tmp/vandal-was-here").write_text("1"),
+    "signal the grader": lambda: os.kill(os.getppid(), 0),
+    "write beside its notebook": lambda: Path("notes.txt").write_text("1"),
+    "write a temporary file": lambda: tempfile.NamedTemporaryFile().write(b"1"),
+}}
+for what, attempt in tries.items():
+    try:
+        attempt()
+        print("DONE", what)
+    except OSError as e:
+        print("REFUSED", what, type(e).__name__)
 """
 
 
@@ -137,9 +148,13 @@ def pid_alive(pid_file: Path) -> bool:
     return True
 
 
-def printed(notebook: dict, grade_id: str, key: str):
+def printed_lines(notebook: dict, grade_id: str, key: str) -> list:
     text = "".join("".join(o.get("text", "")) for o in cell(notebook, grade_id)["outputs"])
-    return next(line.split(" ", 1)[1] for line in text.splitlines() if line.startswith(key + " "))
+    return [line.split(" ", 1)[1] for line in text.splitlines() if line.startswith(key + " ")]
+
+
+def printed(notebook: dict, grade_id: str, key: str) -> str:
+    return printed_lines(notebook, grade_id, key)[0]
 
 
 def hand_in(course: Path, folder: Path) -> None:
@@ -151,7 +166,8 @@ def graded(tmp_path_factory):
     """The instructors' command on a course whose submitted/ holds a class of assignment 02: what it printed, and
     the grades."""
     tmp = tmp_path_factory.mktemp("isolation")
-    course, pids = tmp / "course", {"c_loop": tmp / "c_loop.pid", "daemon": tmp / "daemon.pid"}
+    pids = {name: SHARED / f"moe-course-test-{os.getpid()}-{name}.pid" for name in ("c_loop", "daemon")}
+    course = tmp / "course"
     for folder in ("solutions", "feedback_templates"):
         shutil.copytree(REPO / folder, course / folder)
     config = (REPO / "nbgrader_config.py").read_text()
@@ -175,22 +191,24 @@ def graded(tmp_path_factory):
         submission(tmp, "segfault", A, replace("moe_forward", SEGFAULT)),
         submission(tmp, "c_loop", A, replace("balance_coefficient", c_loop(pids["c_loop"]))),
         submission(tmp, "daemon", A, replace("swiglu_expert", daemon(pids["daemon"]))),
-        submission(tmp, "vandal", A, append("swiglu_expert", vandal(victim))),
+        submission(tmp, "vandal", A, append("swiglu_expert", vandal(course))),
         submission(tmp, "zoe", A),  # graded after the vandal (in the order of the names)
     ]:
         hand_in(course, folder)
     zoe = victim.read_bytes()
-    planted = REPO / "moe_course" / "planted.py"
+    planted = [REPO / "moe_course" / "planted.py", Path("/tmp/vandal-was-here")]
     out, err = io.StringIO(), io.StringIO()
     try:
         with redirect_stdout(out), redirect_stderr(err):
             grades = grade_class(course, A)
-        yield course, grades, out.getvalue() + err.getvalue(), pids, zoe, planted.exists()
+        yield course, grades, out.getvalue() + err.getvalue(), pids, zoe, [p for p in planted if p.exists()]
     finally:  # should the isolation fail, leave nothing behind
-        planted.unlink(missing_ok=True)
+        for path in planted:
+            path.unlink(missing_ok=True)
         for pid_file in pids.values():
             with suppress(FileNotFoundError, ProcessLookupError, ValueError):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            pid_file.unlink(missing_ok=True)
 
 
 def parts(grades, student) -> dict:
@@ -271,26 +289,42 @@ def test_a_detached_process_dies_with_its_grading_and_changes_no_grade(graded):
 def test_a_submission_sees_only_its_own_course(graded):
     course, grades, *_ = graded
     notebook = load(course / "autograded" / "vandal" / A / NOTEBOOK)
-    seen = sorted(json.loads(printed(notebook, "swiglu_expert", "SEEN")))
-    assert seen == [f"autograded/vandal/{A}/{NOTEBOOK}", f"submitted/vandal/{A}/{NOTEBOOK}"]  # no source, no other
-    top = set(json.loads(printed(notebook, "swiglu_expert", "TOP")))
-    assert {"gradebook.db", "lib", "submitted"} <= top and not top & {"solutions", "exercises", "feedback"}
+    for listed in printed_lines(notebook, "swiglu_expert", "TOP"):  # none where it is confined
+        assert not set(json.loads(listed)) & {"solutions", "exercises", "feedback", "source", "release"}
     full_marks_except(parts(grades, "vandal"))
 
 
-def test_a_submission_writes_only_into_its_copy_of_the_library(graded):
-    course, *_, planted = graded
-    library = printed(load(course / "autograded" / "vandal" / A / NOTEBOOK), "swiglu_expert", "LIBRARY")
-    assert "/lib/moe_course/" in library and not library.startswith(str(REPO))
-    assert not planted
+@pytest.mark.skipif(not grading_sandbox.abi(), reason="no Landlock on this machine: grading runs unconfined")
+def test_a_submission_reads_and_writes_only_its_own_folders(graded):
+    course, grades, *_, planted = graded
+    notebook = load(course / "autograded" / "vandal" / A / NOTEBOOK)
+    refused = printed_lines(notebook, "swiglu_expert", "REFUSED")
+    signals = ["signal the grader"]  # Landlock keeps signals in from ABI 6
+    done = printed_lines(notebook, "swiglu_expert", "DONE")
+    assert done == [
+        *([] if grading_sandbox.abi() >= 6 else signals),
+        "write beside its notebook",
+        "write a temporary file",
+    ]
+    assert [line.rsplit(" ", 1)[0] for line in refused] == [
+        "list its course",
+        "read its course's gradebook",
+        "read the class gradebook",
+        "read the source notebook",
+        "write into its copy of the library",
+        "write into the library",
+        "blank another student's notebook",
+        "write into the system temporary folder",
+        *(signals if grading_sandbox.abi() >= 6 else []),
+    ]
+    assert all(line.endswith(" PermissionError") for line in refused) and planted == []
+    library = printed(notebook, "swiglu_expert", "LIBRARY")
+    assert "/lib/moe_course/" in library and not library.startswith(str(REPO))  # the course's copy, imported
 
 
 def test_a_submission_cannot_change_another_students_work(graded):
     course, grades, _, _, zoe, _ = graded
-    victim = course / "submitted" / "zoe" / A / NOTEBOOK
-    blanked = printed(load(course / "autograded" / "vandal" / A / NOTEBOOK), "swiglu_expert", "BLANKED")
-    assert blanked == str(victim)  # it found zoe's notebook and blanked it, after it was read for grading
-    assert victim.read_bytes() == zoe  # and submitted/ holds again what was graded
+    assert (course / "submitted" / "zoe" / A / NOTEBOOK).read_bytes() == zoe  # submitted/ holds what was graded
     full_marks_except(parts(grades, "zoe"))  # graded after the vandal, in a course written afresh from memory
 
 
@@ -390,7 +424,7 @@ if os.fork() == 0:
 SUBREAPER_TIME_UP = """import os, subprocess, sys, time
 from pathlib import Path
 
-from moe_course import grading_supervisor
+from moe_course import grading_sandbox, grading_supervisor
 
 detach, pid_file = sys.argv[1], Path(sys.argv[2])
 grading_supervisor.become_subreaper()
