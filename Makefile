@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ASSIGNMENT ?=
+JOBS ?= 1
 ASSIGNMENTS := $(notdir $(wildcard solutions/*))
 LAB_ARGS ?=
 
@@ -64,10 +65,10 @@ grade: setup
 	$(PY) -m moe_course.grading $(ASSIGNMENT)
 
 # Instructors: grade every submitted/<student>/<assignment>/, each submission alone, into gradebook.db, autograded/
-# and feedback/: make autograde ASSIGNMENT=02_moe_layer
+# and feedback/: make autograde ASSIGNMENT=02_moe_layer [JOBS=2] (JOBS submissions graded at once)
 autograde: setup
 	@test -n "$(ASSIGNMENT)" || { echo "usage: make autograde ASSIGNMENT=<one of: $(ASSIGNMENTS)>"; exit 2; }
-	$(PY) -m moe_course.grading --class $(ASSIGNMENT)
+	$(PY) -m moe_course.grading --class $(ASSIGNMENT) --jobs $(JOBS)
 
 # Regenerate the student notebooks in exercises/ from solutions/ (instructors, after editing a solution).
 exercises: setup

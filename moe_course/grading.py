@@ -31,11 +31,13 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from . import grading_sandbox, grading_supervisor
+from .checks import check_positive_int
 
 
 def safety_net_passes(check: Callable[[], object], seconds: float = 5) -> bool:
@@ -185,6 +187,7 @@ def grade_submissions(
     *extra: str,
     offline: bool = True,
     timeout: float = 900,
+    jobs: int = 1,
 ) -> dict:
     """Autograde several students' submissions, each alone, and merge the results into the course ``course_dir``.
 
@@ -192,7 +195,8 @@ def grade_submissions(
     them runs. ``course_dir``: an nbgrader course (its ``nbgrader_config.py`` and ``solutions/``, e.g. the repo:
     its gradebook learns the assignment as with ``nbgrader generate_assignment``), or an empty folder, laid out with
     the repo's configuration. ``extra``: further nbgrader options for autograde (e.g. ``--Execute.timeout=10``);
-    ``timeout``: seconds one submission may take in all.
+    ``timeout``: seconds one submission may take in all; ``jobs``: how many submissions are graded at once (each
+    in its own course and processes; more than the cores slows each one, and so the cells' time limits come sooner).
 
     Each submission is graded in a course of its own, written from a template held in memory (so that no submission
     can change the course the next one is graded in; :func:`keep_only_what_grading_needs`): the student's files, the
@@ -210,6 +214,7 @@ def grade_submissions(
     """
     import nbformat
 
+    check_positive_int("jobs", jobs)
     snapshots = {student: read_files(Path(folder)) for student, folder in submissions.items()}
     with tempfile.TemporaryDirectory() as tmp:
         template = Path(tmp)  # the course every submission is graded in, read into memory below
@@ -220,10 +225,12 @@ def grade_submissions(
         add_assignment(template, assignment, course_dir)
         keep_only_what_grading_needs(template)
         template_files = read_files(template)  # kept in memory: no submission's code can reach it on disk
-    outcomes = {
-        student: grade_alone(template_files, assignment, student, files, released, extra, timeout)
-        for student, files in snapshots.items()
-    }
+    with ThreadPoolExecutor(jobs) as pool:  # the threads wait on nbgrader's processes
+        futures = {
+            student: pool.submit(grade_alone, template_files, assignment, student, files, released, extra, timeout)
+            for student, files in snapshots.items()
+        }
+        outcomes = {student: future.result() for student, future in futures.items()}
     for student, outcome in outcomes.items():
         keep(course_dir, assignment, student, outcome, snapshots[student])
     grades = merge(course_dir, assignment, outcomes)
@@ -411,16 +418,16 @@ def format_class(grades: dict) -> str:
     return "\n".join(lines)
 
 
-def grade_class(course: Path, assignment: str) -> dict:
-    """Instructors: grade every ``submitted/<student>/<assignment>/`` of ``course``, each alone, into its
-    ``gradebook.db``, ``autograded/`` and ``feedback/`` (:func:`grade_submissions`), and print each student's total
-    and problems. Returns ``{student: Grade}``."""
+def grade_class(course: Path, assignment: str, jobs: int = 1) -> dict:
+    """Instructors: grade every ``submitted/<student>/<assignment>/`` of ``course``, each alone (``jobs`` at once),
+    into its ``gradebook.db``, ``autograded/`` and ``feedback/`` (:func:`grade_submissions`), and print each
+    student's total and problems. Returns ``{student: Grade}``."""
     folders = {p.parent.name: p for p in sorted((course / "submitted").glob(f"*/{assignment}")) if p.is_dir()}
     if not folders:
         raise ValueError(f"no submissions: put each student's notebooks in submitted/<student>/{assignment}/")
     confined = "confined to its folders" if grading_sandbox.abi() else "NOT confined (no Landlock here; see README)"
     print(f"Grading {len(folders)} submissions of {assignment}, each alone, {confined} ...", flush=True)
-    grades = grade_submissions(course, assignment, folders, course, offline=False)
+    grades = grade_submissions(course, assignment, folders, course, offline=False, jobs=jobs)
     print(format_class(grades))
     return grades
 
@@ -437,13 +444,16 @@ def main(argv=None) -> int:
         action="store_true",
         help="instructors: grade every submitted/<student>/<assignment>/ into gradebook.db, autograded/, feedback/",
     )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="with --class: how many submissions to grade at once (default: 1)"
+    )
     args = parser.parse_args(argv)
     repo, assignment = args.repo.resolve(), args.assignment
     if assignment not in assignments(repo):
         parser.error(f"no assignment {assignment!r}; ASSIGNMENT must be one of: {' '.join(assignments(repo))}")
     if args.whole_class:
         try:
-            grade_class(repo, assignment)
+            grade_class(repo, assignment, args.jobs)
         except ValueError as e:
             parser.error(str(e))
         return 0

@@ -107,7 +107,7 @@ def graded_02(tmp_path_factory):
     }
     course = tmp / "course"
     course.mkdir()
-    scores = grade_submissions(REPO, a, students, course, "--Execute.timeout=15")
+    scores = grade_submissions(REPO, a, students, course, "--Execute.timeout=15", jobs=2)
     by_part = {s: {p.part: (p.score, p.max_score) for p in parts} for s, parts in scores.items()}
     return course, by_part
 
@@ -403,7 +403,7 @@ def test_other_assignments_grade_full_zero_and_catch_known_mistakes(assignment, 
     for name, (grade_id, source, _) in mistakes.items():
         students[name] = submission(tmp_path, name, assignment, replace(grade_id, source))
     (tmp_path / "course").mkdir()
-    scores = grade_submissions(REPO, assignment, students, tmp_path / "course")
+    scores = grade_submissions(REPO, assignment, students, tmp_path / "course", jobs=2)
     by_part = {s: {p.part: (p.score, p.max_score) for p in parts} for s, parts in scores.items()}
     assert len(by_part["solution"]) >= 4
     assert all(max_score > 0 for _, max_score in by_part["solution"].values())

@@ -69,7 +69,7 @@ def grade(tmp: Path, assignment: str, students: dict) -> tuple:
     """Autograde ``students`` (see :func:`grade_submissions`): ``(course folder, {student: {part: (score, max)}})``."""
     course = tmp / "course"
     course.mkdir()
-    scores = grade_submissions(REPO, assignment, students, course, "--Execute.timeout=15")
+    scores = grade_submissions(REPO, assignment, students, course, "--Execute.timeout=15", jobs=2)
     return course, {s: {p.part: (p.score, p.max_score) for p in parts} for s, parts in scores.items()}
 
 

@@ -192,7 +192,7 @@ def graded(tmp_path_factory):
         submission(tmp, "c_loop", A, replace("balance_coefficient", c_loop(pids["c_loop"]))),
         submission(tmp, "daemon", A, replace("swiglu_expert", daemon(pids["daemon"]))),
         submission(tmp, "vandal", A, append("swiglu_expert", vandal(course))),
-        submission(tmp, "zoe", A),  # graded after the vandal (in the order of the names)
+        submission(tmp, "zoe", A),  # graded after or beside the vandal
     ]:
         hand_in(course, folder)
     zoe = victim.read_bytes()
@@ -200,7 +200,7 @@ def graded(tmp_path_factory):
     out, err = io.StringIO(), io.StringIO()
     try:
         with redirect_stdout(out), redirect_stderr(err):
-            grades = grade_class(course, A)
+            grades = grade_class(course, A, jobs=2)
         yield course, grades, out.getvalue() + err.getvalue(), pids, zoe, [p for p in planted if p.exists()]
     finally:  # should the isolation fail, leave nothing behind
         for path in planted:
@@ -325,7 +325,7 @@ def test_a_submission_reads_and_writes_only_its_own_folders(graded):
 def test_a_submission_cannot_change_another_students_work(graded):
     course, grades, _, _, zoe, _ = graded
     assert (course / "submitted" / "zoe" / A / NOTEBOOK).read_bytes() == zoe  # submitted/ holds what was graded
-    full_marks_except(parts(grades, "zoe"))  # graded after the vandal, in a course written afresh from memory
+    full_marks_except(parts(grades, "zoe"))  # in a course of its own, written afresh from memory
 
 
 def test_the_course_gradebook_holds_every_student_and_exports(graded):
@@ -338,6 +338,14 @@ def test_the_course_gradebook_holds_every_student_and_exports(graded):
     run_nbgrader(course, "export", "--to=grades.csv")
     assert len((course / "grades.csv").read_text().splitlines()) == 1 + len(grades)
     assert (course / "feedback" / "alice" / A / f"{A}.html").is_file()
+
+
+def test_the_instructors_command_rejects_a_bad_number_of_jobs(tmp_path, capsys):
+    shutil.copytree(REPO / "solutions", tmp_path / "solutions")
+    hand_in(tmp_path, submission(tmp_path, "alice", A))
+    with pytest.raises(SystemExit):
+        main([A, "--class", "--jobs", "0", "--repo", str(tmp_path)])
+    assert "jobs must be a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_the_instructors_command_names_a_course_without_submissions(tmp_path, capsys):
