@@ -12,12 +12,19 @@ def has_triton() -> bool:
     return find_spec("triton") is not None
 
 
+TRUE_VALUES = ("1", "true", "on", "yes", "y")  # what Triton reads as true (``getenv_bool``), in any case
+
+
 def triton_mode() -> str:
-    """``"native"`` when a CUDA GPU is present, else ``"interpreter"`` (Triton runs kernels on the CPU
-    through its interpreter, ``TRITON_INTERPRET=1``: correct but slow, ~10 ms per program instance)."""
-    if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available():
-        return "interpreter"
-    return "native"
+    """How Triton kernels run here: ``"interpreter"`` (on the CPU through Triton's interpreter: correct but slow,
+    ~10 ms per program instance) or ``"native"`` (compiled for the GPU). ``TRITON_INTERPRET`` decides, read as
+    Triton reads it; unset, it means what importing :mod:`moe_course.kernels` sets: the interpreter exactly when
+    there is no CUDA GPU. A ``TRITON_INTERPRET=0`` set by the learner is kept, so without a GPU that is
+    ``"native"``, and kernels then fail to launch (Triton finds no driver)."""
+    value = os.environ.get("TRITON_INTERPRET")
+    if value is None:
+        return "native" if torch.cuda.is_available() else "interpreter"
+    return "interpreter" if value.lower() in TRUE_VALUES else "native"
 
 
 def environment_report() -> dict:

@@ -24,3 +24,11 @@ def test_triton_is_installed_wherever_it_can_be():
     """On Linux the install includes Triton, so no Triton test may be skipped there (conftest.py skips them only
     where Triton has no build)."""
     assert has_triton() or sys.platform == "darwin"
+
+
+def test_mode_reads_triton_interpret_as_triton_does(monkeypatch):
+    """An explicit value is kept by moe_course.kernels, so the report follows it, in Triton's spelling of booleans."""
+    monkeypatch.setenv("TRITON_INTERPRET", "True")
+    assert triton_mode() == "interpreter"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert triton_mode() == "native"
