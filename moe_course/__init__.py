@@ -1,10 +1,11 @@
 """moe_course: the library behind the Mixture-of-Experts course. One concept per module:
 
 - ``flops``    parameter and FLOP accounting (dense FFN, MoE FFN, whole models)
-- ``routing``  every router (top-k, noisy top-k, Switch, expert choice, sigmoid + bias, group-limited), jitter
-- ``experts``  expert FFNs (GELU MLP, SwiGLU) with stacked weights
+- ``routing``  every router (top-k, noisy top-k, Switch, expert choice, DeepSeek-V3's sigmoid + bias,
+               DeepSeek-V2's group-limited), jitter
+- ``experts``  expert FFNs (ReLU and GELU MLPs, SwiGLU) with stacked weights, the (gated) shared expert
 - ``dispatch`` sort (token, slot) pairs by expert, permute and un-permute
-- ``capacity`` expert capacity, which pairs are dropped, padding waste
+- ``capacity`` expert capacity, which pairs are dropped (arrival, batch priority), padding waste
 - ``kernels``  fused Triton expert kernels, forward and backward (Triton's interpreter without a GPU)
 - ``backends`` the expert block computed four ways: loop (the reference), vectorized, grouped GEMM, Triton
 - ``config``   ``MoEConfig``: one MoE layer's sizes and choices, validated once
@@ -13,6 +14,8 @@
                a launcher for CPU ranks
 - ``layer``    ``MoELayer``, local or expert-parallel, and what each call did (``LayerStats``)
 - ``factory``  ``MoE(...)``: a whole layer in one call
+- ``presets``  the MoE block of each model the course cites (Switch, GShard, Mixtral, Qwen2/3-MoE, DeepSeek-V2/V3)
+- ``hf``       one MoE block of a Hugging Face checkpoint loaded into its preset
 - ``load``     per-expert load, the balance coefficient, router entropy
 - ``losses``   load balancing: Switch loss, sequence-wise loss, z-loss, the selection-bias update
 - ``text``     the course corpus, a character tokenizer, batches

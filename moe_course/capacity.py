@@ -20,7 +20,7 @@ from .checks import (
 )
 from .dispatch import order_by_expert
 
-POLICIES = ("arrival", "priority")
+POLICIES = ("arrival", "batch_priority")
 
 
 def expert_capacity(T: int, E: int, k: int, capacity_factor: float) -> int:
@@ -40,31 +40,38 @@ def capacity_of(T: int, E: int, k: int, capacity_factor: float) -> int:
 
 
 def capacity_keep(
-    indices: torch.Tensor, weights: torch.Tensor, E: int, capacity: int, policy: str = "arrival"
+    indices: torch.Tensor, E: int, capacity: int, policy: str = "arrival", probs: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Which pairs fit: indices, weights: [T, k] -> keep: [T, k] bool, at most ``capacity`` kept per expert.
+    """Which pairs fit: indices: [T, k] -> keep: [T, k] bool, at most ``capacity`` kept per expert.
 
-    Experts fill their queues in a fixed sequence of pairs:
-    - ``"arrival"`` (GShard, Switch): first choices before second choices, each in token order — pair (t, j)
-      arrives at position j·T + t;
-    - ``"priority"`` (batch-prioritized routing, Riquelme et al. 2021): pairs with larger router weight first,
-      ties in arrival order.
+    Experts fill their queues in a fixed sequence of pairs; every token's first choice comes before any second
+    choice, and so on:
+    - ``"arrival"`` (GShard, Switch): within each choice, tokens in batch order — pair (t, j) is the (j·T + t)-th;
+    - ``"batch_priority"`` (batch-prioritized routing, Riquelme et al. 2021, as V-MoE's ``batch_priority``):
+      within each choice, tokens by their **top-1 router probability**, largest first (ties in batch order).
+      ``probs: [T, E]``, the router's probabilities (``Routing.probs``), gives it: the raw probabilities, not the
+      renormalized weights, whose maximum ranks tokens differently.
     """
     check_expert_indices(indices, E)
-    check_tensor("weights", weights, tuple(indices.shape), "real")
     check_non_negative_int("capacity", capacity)
     check_choice("policy", policy, POLICIES)
-    return keep_within_capacity(indices, weights, E, capacity, policy)
+    if policy == "batch_priority":
+        check_tensor("probs", probs, (indices.shape[0], E), "real")
+    elif probs is not None:
+        raise ValueError("probs is used by policy='batch_priority' only")
+    return keep_within_capacity(indices, E, capacity, policy, probs)
 
 
-def keep_within_capacity(indices: torch.Tensor, weights: torch.Tensor, E: int, capacity: int, policy: str):
+def keep_within_capacity(indices: torch.Tensor, E: int, capacity: int, policy: str, probs=None) -> torch.Tensor:
     """:func:`capacity_keep` without the argument checks: each expert keeps the first ``capacity`` pairs of its
     queue, the pairs ranked within their expert in the policy's sequence."""
     T, k = indices.shape
     capacity = min(capacity, T * k)  # more room than pairs keeps the same pairs, and fits an int64
-    sequence = torch.arange(T * k, device=indices.device).view(T, k).T.reshape(-1)  # pair ids in arrival order
-    if policy == "priority":
-        sequence = sequence[torch.sort(-weights.detach().reshape(-1)[sequence], stable=True).indices]
+    tokens = torch.arange(T, device=indices.device)
+    if policy == "batch_priority":
+        tokens = torch.sort(-probs.detach().amax(dim=-1), stable=True).indices
+    # pair ids (t·k + j) in the sequence: choice j = 0 for every token in order, then j = 1, ...
+    sequence = (tokens * k + torch.arange(k, device=indices.device)[:, None]).reshape(-1)
     queues = order_by_expert(indices.reshape(-1)[sequence], E)
     keep = torch.zeros(T * k, dtype=torch.bool, device=indices.device)
     keep[sequence[queues.order]] = queues.ranks < capacity

@@ -1,8 +1,9 @@
 """Expert FFNs: a dense FFN, and E experts stored as stacked weights so every backend can share them.
 
-Two expert shapes, as in the papers:
+Three expert shapes, as in the papers:
+- ``"relu"``:   y = ReLU(x W1) W2                     (T5-style MLP: Switch Transformer, GShard; 2·d_model·d_ff weights)
 - ``"gelu"``:   y = GELU(x W1) W2                     (GPT-style MLP; 2·d_model·d_ff weights)
-- ``"swiglu"``: y = (SiLU(x W_gate) * (x W_up)) W2    (Llama/Mixtral; 3·d_model·d_ff weights)
+- ``"swiglu"``: y = (SiLU(x W_gate) * (x W_up)) W2    (Llama/Mixtral/Qwen/DeepSeek; 3·d_model·d_ff weights)
 For SwiGLU the gate and up projections are stored side by side in one weight ``W1 = [W_gate | W_up]``.
 """
 
@@ -14,7 +15,7 @@ from torch import nn
 
 from .checks import check_choice, check_hidden, check_index, check_non_negative_int, check_positive_int
 
-ACTIVATIONS = ("gelu", "swiglu")
+ACTIVATIONS = ("gelu", "relu", "swiglu")
 
 
 def first_width(d_ff: int, activation: str) -> int:
@@ -29,12 +30,14 @@ def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
         return F.silu(gate) * up
     if activation == "gelu":
         return F.gelu(h)
+    if activation == "relu":
+        return F.relu(h)
     raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
 
 
 def ffn(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, activation: str) -> torch.Tensor:
     """One FFN: x: [n, d_model], w1: [d_model, d_ff or 2·d_ff], w2: [d_ff, d_model] -> [n, d_model]; activation
-    ``"gelu"`` or ``"swiglu"`` (:func:`activate` refuses any other name)."""
+    ``"gelu"``, ``"relu"`` or ``"swiglu"`` (:func:`activate` refuses any other name)."""
     return activate(x @ w1, activation) @ w2
 
 
@@ -61,6 +64,21 @@ class FFN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., d_model] -> [..., d_model]."""
         return ffn(x, self.w1, self.w2, self.activation)
+
+
+class SharedExpert(FFN):
+    """The always-on shared expert(s) of an MoE layer: an :class:`FFN` of any width that every token runs, its
+    output multiplied per token by ``sigmoid(x · w_gate)`` when ``gated`` (Qwen2-MoE's ``shared_expert_gate``, a
+    ``d_model → 1`` linear map without bias); ungated, it is the FFN (DeepSeek's ``shared_experts``)."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "swiglu", gated: bool = False):
+        super().__init__(d_model, d_ff, activation)
+        self.gate = nn.Linear(d_model, 1, bias=False) if gated else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., d_model] -> [..., d_model]."""
+        y = super().forward(x)
+        return y if self.gate is None else torch.sigmoid(self.gate(x)) * y
 
 
 class Experts(nn.Module):

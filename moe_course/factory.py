@@ -27,8 +27,8 @@ def MoE(
     """One-call constructor in the spirit of DeepSpeed's ``MoE(hidden_size, expert, num_experts, k)``.
 
     ``expert`` is a template: an :class:`~moe_course.experts.FFN` (its d_ff and activation are used; each of
-    the ``num_experts`` experts gets fresh weights) or an activation name, ``"swiglu"`` or ``"gelu"``, with
-    ``d_ff`` defaulting to ``4 · hidden_size`` (None). ``options`` are the other fields of
+    the ``num_experts`` experts gets fresh weights) or an activation name, ``"swiglu"``, ``"gelu"`` or
+    ``"relu"``, with ``d_ff`` defaulting to ``4 · hidden_size`` (None). ``options`` are the other fields of
     :class:`~moe_course.config.MoEConfig` (``backend``, ``router``, ``n_shared``, ``capacity_factor``,
     ``renormalize``, ...). With k=1 and renormalization the weight is always 1 and the router gets no gradient,
     so top-1 layers use ``router="switch"`` or ``renormalize=False``. ``ep_size`` > 1 shards the experts over

@@ -54,12 +54,28 @@ def moe_ffn_cost(d_model: int, d_ff: int, E: int, k: int, s: int = 0, gated: boo
     )
 
 
+def shared_params(d_model: int, width: int, gated: bool, shared_gate: bool) -> int:
+    """Weights of an MoE layer's shared FFN of hidden ``width`` (0: none), with its ``d_model → 1`` gate if any."""
+    return (ffn_params(d_model, width, gated) if width else 0) + (d_model if shared_gate else 0)
+
+
 def moe_layer_cost(config: MoEConfig) -> MoECost:
-    """:func:`moe_ffn_cost` of an MoE layer's configuration (SwiGLU experts are gated)."""
+    """:func:`moe_ffn_cost` of an MoE layer's configuration (SwiGLU experts are gated), its shared FFN counted at
+    its own width (``config.shared_width``) with its gate."""
     if not isinstance(config, MoEConfig):
         raise ValueError(f"config must be an MoEConfig, got {type(config).__name__}")
     c = config
-    return moe_ffn_cost(c.d_model, c.d_ff, c.E, c.k, c.n_shared, gated=c.activation == "swiglu")
+    gated = c.activation == "swiglu"
+    routed = moe_ffn_cost(c.d_model, c.d_ff, c.E, c.k, 0, gated)
+    shared = shared_params(c.d_model, c.shared_width, gated, c.shared_gate)
+    return MoECost(
+        E=c.E,
+        k=c.k,
+        s=c.n_shared,
+        stored_params=routed.stored_params + shared,
+        flops_per_token=routed.flops_per_token + 2 * shared,
+        active_params=routed.active_params + shared,
+    )
 
 
 def format_cost_table(d_model: int, d_ff: int, configs, gated: bool = False) -> str:
@@ -115,7 +131,8 @@ class ModelConfig:
     Attention uses grouped-query heads: ``n_heads`` query heads and ``n_kv_heads`` key/value heads of size
     ``head_dim`` (default ``d_model // n_heads``). Every layer has two RMSNorms; one more sits before the LM head.
     ``n_positions``: learned position embeddings (0 for rotary ones, which have no weights). ``router_gates``:
-    ``d_model × E`` matrices per router (2 for noisy top-k's learned noise gate).
+    ``d_model × E`` matrices per router (2 for noisy top-k's learned noise gate). The ``s`` shared experts are one
+    FFN of width ``shared_d_ff`` (default ``s · d_ff``), with a ``d_model → 1`` gate if ``shared_gate``.
     """
 
     vocab_size: int
@@ -127,6 +144,8 @@ class ModelConfig:
     E: int
     k: int
     s: int = 0
+    shared_d_ff: int | None = None
+    shared_gate: bool = False
     gated: bool = True
     tie_embeddings: bool = False
     head_dim: int | None = None
@@ -138,6 +157,10 @@ class ModelConfig:
             check_positive_int(name, getattr(self, name))
         check_top_k(self.k, self.E)
         check_non_negative_int("s", self.s)
+        if self.shared_d_ff is not None:
+            check_positive_int("shared_d_ff", self.shared_d_ff)
+        if not self.s and (self.shared_d_ff is not None or self.shared_gate):
+            raise ValueError("shared_d_ff and shared_gate describe the shared experts: they need s >= 1")
         check_non_negative_int("n_positions", self.n_positions)
         check_positive_int("router_gates", self.router_gates)
         if self.head_dim is None and self.d_model % self.n_heads:
@@ -168,6 +191,7 @@ def count_model_params(config: ModelConfig) -> dict:
     norms = 2 * c.d_model
     router = c.router_gates * c.d_model * c.E if c.E > 1 else 0
     expert = ffn_params(c.d_model, c.d_ff, c.gated)
+    shared = shared_params(c.d_model, c.shared_d_ff or c.s * c.d_ff, c.gated, c.shared_gate)
     per_layer_fixed = attention + norms + router
     parts = {
         "embedding": embedding,
@@ -175,10 +199,10 @@ def count_model_params(config: ModelConfig) -> dict:
         "attention": c.n_layers * attention,
         "norms": c.n_layers * norms + c.d_model,
         "router": c.n_layers * router,
-        "experts": c.n_layers * (c.E + c.s) * expert,
+        "experts": c.n_layers * (c.E * expert + shared),
         "lm_head": lm_head,
     }
     parts["total"] = sum(parts.values())
     fixed = embedding + parts["positions"] + lm_head + c.d_model
-    parts["active"] = fixed + c.n_layers * (per_layer_fixed + (c.k + c.s) * expert)
+    parts["active"] = fixed + c.n_layers * (per_layer_fixed + c.k * expert + shared)
     return parts

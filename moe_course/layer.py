@@ -14,7 +14,7 @@ from .checks import check_hidden
 from .config import MoEConfig
 from .dispatch import count_pairs, pair_experts
 from .exchange import LocalExchange, Traffic
-from .experts import FFN, Experts
+from .experts import Experts, SharedExpert
 from .routing import Router, Routing
 
 
@@ -50,7 +50,8 @@ class LayerStats:
 
 class MoELayer(nn.Module):
     """A routed MoE FFN: ``y_t = Σ_j weights[t, j] · expert_{indices[t, j]}(x_t)`` over the kept pairs, plus
-    ``n_shared`` always-on shared experts (one FFN of width ``n_shared · d_ff``, the same function).
+    the always-on shared expert(s) (:class:`~moe_course.experts.SharedExpert`: one FFN of width
+    ``config.shared_width``, gated per token if ``config.shared_gate``).
 
     ``config`` fixes every size and choice (:class:`~moe_course.config.MoEConfig`). ``exchange``: where the
     experts live, :class:`~moe_course.exchange.LocalExchange` (all here, the default) or
@@ -72,7 +73,9 @@ class MoELayer(nn.Module):
         self.config, self.exchange = config, exchange
         self.router = Router(config.d_model, config.E, config.k, config.router, **config.router_options())
         self.experts = Experts(held, config.d_model, config.d_ff, config.activation, first)
-        self.shared = FFN(config.d_model, config.n_shared * config.d_ff, config.activation) if config.n_shared else None
+        self.shared = None
+        if config.n_shared:
+            self.shared = SharedExpert(config.d_model, config.shared_width, config.activation, config.shared_gate)
         self.backend = BACKENDS[config.backend]
         self.last_routing: Routing | None = None
         self.last_stats: LayerStats | None = None
@@ -87,7 +90,7 @@ class MoELayer(nn.Module):
         capacity = None
         if c.drops_pairs:
             capacity = capacity_of(self.exchange.capacity_tokens(tokens.shape[0]), c.E, c.k, c.capacity_factor)
-            routing.keep = keep_within_capacity(routing.indices, routing.weights, c.E, capacity, c.drop_policy)
+            routing.keep = keep_within_capacity(routing.indices, c.E, capacity, c.drop_policy, routing.probs)
         y, traffic = self.exchange(
             tokens, routing.indices, routing.weights, routing.keep, self.experts, self.backend, capacity
         )

@@ -43,10 +43,12 @@ class TinyLMConfig:
         """This model for the FLOP accounting (:func:`moe_course.flops.count_model_params`): full multi-head
         attention, tied embeddings, learned positions; a dense model counts as E = k = 1."""
         m = self.moe
-        E, k, s = (m.E, m.k, m.n_shared) if self.ffn == "moe" else (1, 1, 0)
+        moe = self.ffn == "moe"
+        E, k, s = (m.E, m.k, m.n_shared) if moe else (1, 1, 0)
+        shared = dict(shared_d_ff=m.shared_d_ff, shared_gate=m.shared_gate) if moe else {}
         return ModelConfig(
             vocab_size=self.vocab_size, d_model=m.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
-            n_kv_heads=self.n_heads, d_ff=m.d_ff, E=E, k=k, s=s, gated=m.activation == "swiglu",
+            n_kv_heads=self.n_heads, d_ff=m.d_ff, E=E, k=k, s=s, **shared, gated=m.activation == "swiglu",
             tie_embeddings=True, n_positions=self.seq_len, router_gates=2 if m.router == "noisy_topk" else 1,
         )  # fmt: skip
 

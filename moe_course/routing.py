@@ -9,8 +9,14 @@ losses and the capacity logic work with any of them. Shapes: T tokens, E experts
 | ``noisy_top_k_routing``  | Shazeer et al. 2017: Gaussian noise on the logits, then top-k  | yes              |
 | ``switch_routing``       | Switch Transformer: top-1, weight = its softmax probability    | no               |
 | ``expert_choice_routing``| Zhou et al. 2022: each expert picks its top-C tokens           | no               |
-| ``sigmoid_routing``      | DeepSeek-V3: sigmoid scores, a bias that only affects selection | yes             |
-| ``group_limited_routing``| DeepSeek-V2/V3: best groups (nodes) first, then experts in them | yes             |
+| ``sigmoid_routing``      | DeepSeek-V3: sigmoid scores, a selection bias, groups scored by | yes (× scaling) |
+|                          | their two best biased scores, weights × routed_scaling_factor  |                  |
+| ``group_limited_routing``| DeepSeek-V2: softmax, groups scored by their best probability, | no (× scaling)   |
+|                          | top-k inside the best groups, weights × routed_scaling_factor  |                  |
+
+The DeepSeek routers follow the released code (DeepSeek-V3's ``inference/model.py`` ``Gate``, the Hugging Face
+``MoEGate`` of DeepSeek-V2 and V3): ``n_groups``, ``topk_groups``, ``renormalize`` and ``routed_scaling_factor`` are
+their ``n_group``, ``topk_group``, ``norm_topk_prob`` and ``routed_scaling_factor``.
 
 Weights that sum to 1 are a softmax, over each token's chosen experts, of their log-scores (``log_softmax(logits)``
 for the softmax routers, ``logsigmoid(logits)`` for sigmoid routing): the same numbers as ``s_i / Σ_chosen s_j``,
@@ -194,58 +200,124 @@ def _expert_choice(logits, capacity) -> Routing:
     return Routing(indices=indices, weights=probs * keep, probs=probs, logits=logits, keep=keep)
 
 
-def sigmoid_routing(logits: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> Routing:
-    """DeepSeek-V3 gating: affinities ``s = sigmoid(logits)``, the top k of ``s + bias`` are chosen, and their
-    unbiased ``s`` normalized to sum to 1 are the weights. ``probs`` is ``s`` normalized over all experts.
-
-    Both normalizations are softmaxes of ``logsigmoid(logits)``, the same numbers, finite for any finite logits:
-    below about −104 (float32) every ``s`` is 0 and ``s / Σ s`` would be 0/0. Logits of +inf give ``s = 1``, of −inf
-    ``s = 0`` (weight 0 unless every chosen logit is −inf: NaN weights, as for a NaN logit).
-    """
-    check_scores("logits", logits)
-    check_top_k(k, logits.shape[1])
-    check_bias(bias, logits.shape[1])
-    return _sigmoid(logits, k, bias)
-
-
-def _sigmoid(logits, k, bias) -> Routing:
-    scores = torch.sigmoid(logits)
-    indices = torch.topk(scores if bias is None else scores + bias, k, dim=-1).indices
-    log_scores = F.logsigmoid(logits)
-    probs = torch.softmax(log_scores, dim=-1)
-    return Routing(indices=indices, weights=_normalized(log_scores, indices), probs=probs, logits=logits)
-
-
-def group_limited_routing(logits: torch.Tensor, k: int, n_groups: int, topk_groups: int) -> Routing:
-    """Group-limited routing (DeepSeek-V2): the E experts form ``n_groups`` equal groups (one per device or
-    node); each token first keeps the ``topk_groups`` groups holding its highest expert probability, then its
-    top k experts among those groups only. A token's experts then live on at most ``topk_groups`` devices,
-    which bounds its communication. Non-finite logits as in :func:`top_k_routing`."""
-    check_scores("logits", logits)
-    T, E = logits.shape
-    check_top_k(k, E)
+def check_groups(E: int, k: int, n_groups, topk_groups, group_size: int = 1) -> None:
+    """Groups of experts: ``n_groups`` contiguous groups of at least ``group_size`` experts each (E divisible by
+    n_groups), ``topk_groups`` of them kept, holding at least k experts."""
     check_positive_int("n_groups", n_groups)
     check_positive_int("topk_groups", topk_groups)
     if E % n_groups:
         raise ValueError(f"n_groups must divide E={E}, got {n_groups}")
+    if E // n_groups < group_size:
+        raise ValueError(
+            f"n_groups={n_groups} leaves {E // n_groups} experts per group; this router needs {group_size}"
+        )
     if topk_groups > n_groups:
         raise ValueError(f"topk_groups must be at most n_groups={n_groups}, got {topk_groups}")
     if k > topk_groups * (E // n_groups):
         raise ValueError(f"k={k} must be at most the experts in the kept groups, {topk_groups * (E // n_groups)}")
-    return _group_limited(logits, k, n_groups, topk_groups)
 
 
-def _group_limited(logits, k, n_groups, topk_groups) -> Routing:
-    T, E = logits.shape
+def check_scaling(routed_scaling_factor) -> None:
+    check_number("routed_scaling_factor", routed_scaling_factor, positive=True)
+
+
+def sigmoid_routing(
+    logits: torch.Tensor,
+    k: int,
+    bias: torch.Tensor | None = None,
+    n_groups: int | None = None,
+    topk_groups: int | None = None,
+    renormalize: bool = True,
+    routed_scaling_factor: float = 1.0,
+) -> Routing:
+    """DeepSeek-V3's router. Affinities ``s = sigmoid(logits)``; the choice uses ``s + bias`` (the
+    auxiliary-loss-free correction bias, ``e_score_correction_bias``), the weights the unbiased ``s``:
+
+    1. with groups (``n_groups`` contiguous groups of E/n_groups experts, at least 2 each), each group is scored by
+       the **sum of its two best biased affinities** and the ``topk_groups`` best groups are kept (the released
+       code does so whenever its bias exists, as it always does in V3; a missing ``bias`` counts as zeros here);
+    2. the top k of ``s + bias`` among the kept experts are chosen;
+    3. their unbiased ``s`` are the weights, normalized to sum to 1 if ``renormalize`` (``norm_topk_prob``, True
+       in V3), then multiplied by ``routed_scaling_factor`` (2.5 in DeepSeek-V3).
+
+    ``probs`` is ``s`` normalized over all experts (what V3's sequence-wise balance loss reads). The normalization
+    is a softmax of ``logsigmoid(logits)``, the same numbers as ``s / Σ s``, finite for any finite logits: below
+    about −104 (float32) every ``s`` is 0 and the quotient would be 0/0. Logits of +inf give ``s = 1``, of −inf
+    ``s = 0`` (weight 0 unless every chosen logit is −inf: NaN weights, as for a NaN logit).
+    """
+    check_scores("logits", logits)
+    E = logits.shape[1]
+    check_top_k(k, E)
+    check_bias(bias, E)
+    if (n_groups is None) != (topk_groups is None):
+        given, missing = ("n_groups", "topk_groups") if topk_groups is None else ("topk_groups", "n_groups")
+        raise ValueError(f"{given} needs {missing} too: group limits take both, or neither")
+    if n_groups is not None:
+        check_groups(E, k, n_groups, topk_groups, group_size=2)
+    check_bool("renormalize", renormalize)
+    check_scaling(routed_scaling_factor)
+    return _sigmoid(logits, k, bias, n_groups, topk_groups, renormalize, routed_scaling_factor)
+
+
+def _sigmoid(logits, k, bias, n_groups=None, topk_groups=None, renormalize=True, routed_scaling_factor=1.0) -> Routing:
+    scores = torch.sigmoid(logits)
+    choice = scores if bias is None else scores + bias
+    if n_groups is not None:
+        group_scores = _grouped(choice, n_groups).topk(2, dim=-1).values.sum(dim=-1)  # [T, n_groups]
+        choice = _outside_best_groups(choice, group_scores, topk_groups, -torch.inf)
+    indices = torch.topk(choice, k, dim=-1).indices
+    log_scores = F.logsigmoid(logits)
+    weights = _normalized(log_scores, indices) if renormalize else scores.gather(1, indices)
+    probs = torch.softmax(log_scores, dim=-1)
+    return Routing(indices=indices, weights=weights * routed_scaling_factor, probs=probs, logits=logits)
+
+
+def _grouped(scores: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """[T, E] -> [T, n_groups, E / n_groups]: group j holds experts j·E/n_groups, ..., (j+1)·E/n_groups − 1."""
+    return scores.view(scores.shape[0], n_groups, scores.shape[1] // n_groups)
+
+
+def _outside_best_groups(scores, group_scores, topk_groups, fill) -> torch.Tensor:
+    """``scores: [T, E]`` with every expert outside each token's ``topk_groups`` best groups set to ``fill``."""
+    T, n_groups = group_scores.shape
+    best = torch.topk(group_scores, topk_groups, dim=-1).indices
+    kept = torch.zeros(T, n_groups, dtype=torch.bool, device=scores.device).scatter_(1, best, True)
+    return scores.masked_fill(~kept.repeat_interleave(scores.shape[1] // n_groups, dim=1), fill)
+
+
+def group_limited_routing(
+    logits: torch.Tensor,
+    k: int,
+    n_groups: int,
+    topk_groups: int,
+    renormalize: bool = False,
+    routed_scaling_factor: float = 1.0,
+) -> Routing:
+    """DeepSeek-V2's device-limited routing (``group_limited_greedy``): the E experts form ``n_groups`` equal,
+    contiguous groups (one per device); each token scores a group by its **best softmax probability**, keeps the
+    ``topk_groups`` best groups, and takes its top k experts among them. A token's experts then live on at most
+    ``topk_groups`` devices, which bounds its communication.
+
+    The weights are the chosen probabilities, **not renormalized** (``norm_topk_prob=False`` in DeepSeek-V2;
+    ``renormalize=True`` divides them by their sum), times ``routed_scaling_factor`` (16.0 in DeepSeek-V2; the
+    released code applies the factor only when it does not renormalize, a combination its configurations never
+    use). Experts outside the kept groups are excluded outright, also where probabilities underflow to 0 (the
+    released code fills them with 0, which could then tie with a kept expert's 0). Non-finite logits as in
+    :func:`top_k_routing`."""
+    check_scores("logits", logits)
+    check_top_k(k, logits.shape[1])
+    check_groups(logits.shape[1], k, n_groups, topk_groups)
+    check_bool("renormalize", renormalize)
+    check_scaling(routed_scaling_factor)
+    return _group_limited(logits, k, n_groups, topk_groups, renormalize, routed_scaling_factor)
+
+
+def _group_limited(logits, k, n_groups, topk_groups, renormalize=False, routed_scaling_factor=1.0) -> Routing:
     probs = torch.softmax(logits, dim=-1)
-    group_scores = probs.view(T, n_groups, E // n_groups).amax(dim=-1)  # [T, n_groups]
-    groups = torch.topk(group_scores, topk_groups, dim=-1).indices
-    in_kept_group = torch.zeros(T, n_groups, dtype=torch.bool, device=logits.device)
-    in_kept_group.scatter_(1, groups, True)
-    masked = probs.masked_fill(~in_kept_group.repeat_interleave(E // n_groups, dim=1), -1.0)
-    indices = torch.topk(masked, k, dim=-1).indices
-    weights = _normalized(torch.log_softmax(logits, dim=-1), indices)
-    return Routing(indices=indices, weights=weights, probs=probs, logits=logits)
+    group_scores = _grouped(probs, n_groups).amax(dim=-1)  # [T, n_groups]
+    indices = torch.topk(_outside_best_groups(probs, group_scores, topk_groups, -1.0), k, dim=-1).indices
+    weights = _normalized(torch.log_softmax(logits, dim=-1), indices) if renormalize else probs.gather(1, indices)
+    return Routing(indices=indices, weights=weights * routed_scaling_factor, probs=probs, logits=logits)
 
 
 def jitter(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -260,33 +332,57 @@ def _jitter(x, eps, generator=None) -> torch.Tensor:
     return x * (1 - eps + 2 * eps * noise)
 
 
-METHODS = ("topk", "noisy_topk", "switch", "expert_choice", "sigmoid", "group_limited")
+# The options each method takes, with their defaults (None: see the method). Every method takes jitter_eps.
+OPTIONS = {
+    "topk": {"order": "softmax_then_topk", "renormalize": True},
+    "noisy_topk": {},
+    "switch": {},
+    "expert_choice": {"capacity_factor": 1.0},
+    "sigmoid": {"n_groups": None, "topk_groups": None, "renormalize": True, "routed_scaling_factor": 1.0},
+    "group_limited": {"n_groups": None, "topk_groups": None, "renormalize": False, "routed_scaling_factor": 1.0},
+}
+METHODS = tuple(OPTIONS)
 
 
-def check_router(E, k, method, order, renormalize, n_groups, topk_groups, capacity_factor, jitter_eps) -> None:
-    """Every check of a router's settings (see :class:`Router`), raising ``ValueError`` naming the argument."""
+def router_settings(E: int, k: int, method: str, jitter_eps: float = 0.0, **given) -> dict:
+    """The settings of a router of ``method``: the options ``given`` (those not None) over the method's defaults,
+    each checked. An option the method does not use, or an invalid combination, raises ``ValueError`` naming it."""
     check_top_k(k, E)
     check_choice("method", method, METHODS)
-    check_order(order, renormalize)
+    check_number("jitter_eps", jitter_eps)
+    given = {name: value for name, value in given.items() if value is not None}
+    for name in given:
+        if name not in OPTIONS[method]:
+            takes = ", ".join(OPTIONS[method]) or "no options but jitter_eps"
+            raise ValueError(f"{name} is not an option of method={method!r} (it takes {takes})")
+    settings = {**OPTIONS[method], **given}
+    if method == "topk":
+        check_order(settings["order"], settings["renormalize"])
     if method == "switch" and k != 1:
         raise ValueError(f"k must be 1 for switch routing, got {k}")
+    if method == "expert_choice":
+        check_number("capacity_factor", settings["capacity_factor"], positive=True)
+    if method == "sigmoid":
+        sigmoid_routing(torch.zeros(1, E), k, None, settings["n_groups"], settings["topk_groups"],
+                        settings["renormalize"], settings["routed_scaling_factor"])  # fmt: skip
     if method == "group_limited":
-        group_limited_routing(torch.zeros(1, E), k, n_groups, topk_groups)  # validate the groups now
-    elif n_groups is not None or topk_groups is not None:
-        given = "n_groups" if n_groups is not None else "topk_groups"
-        raise ValueError(f"{given} is an option of group-limited routing only, not of {method!r}")
-    check_number("capacity_factor", capacity_factor, positive=True)
-    check_number("jitter_eps", jitter_eps)
+        if settings["n_groups"] is None or settings["topk_groups"] is None:
+            raise ValueError("method='group_limited' needs n_groups and topk_groups")
+        group_limited_routing(torch.zeros(1, E), k, **{n: settings[n] for n in OPTIONS["group_limited"]})
+    return settings
 
 
 class Router(nn.Module):
     """A linear gate ``W_g: [d_model, E]`` (no bias) followed by one of the routing methods above.
 
-    Options by method: ``topk`` takes ``order`` and ``renormalize``; ``group_limited`` needs ``n_groups`` and
-    ``topk_groups``; ``expert_choice`` uses ``capacity_factor`` (capacity ``ceil(cf · T · k / E)``).
+    Options by method (``OPTIONS``; giving one a method does not use raises ``ValueError``): ``topk`` takes
+    ``order`` and ``renormalize``; ``sigmoid`` (DeepSeek-V3) takes ``n_groups`` with ``topk_groups`` (no group
+    limit without them), ``renormalize`` (default True) and ``routed_scaling_factor``; ``group_limited``
+    (DeepSeek-V2) needs ``n_groups`` and ``topk_groups`` and takes ``renormalize`` (default False) and
+    ``routed_scaling_factor``; ``expert_choice`` takes ``capacity_factor`` (capacity ``ceil(cf · T · k / E)``).
     ``noisy_topk`` adds a learned noise gate ``W_noise`` (noise only in training). ``jitter_eps`` > 0 applies
-    router jitter in training. The buffer ``bias: [E]`` shifts the selection of ``topk`` and ``sigmoid``
-    routing; :func:`moe_course.losses.update_bias` moves it (auxiliary-loss-free balancing).
+    router jitter in training, to any method. The buffer ``bias: [E]`` shifts the selection of ``topk`` and
+    ``sigmoid`` routing; :func:`moe_course.losses.update_bias` moves it (auxiliary-loss-free balancing).
     """
 
     def __init__(
@@ -296,20 +392,20 @@ class Router(nn.Module):
         k: int,
         method: str = "topk",
         *,
-        order: str = "softmax_then_topk",
-        renormalize: bool = True,
+        order: str | None = None,
+        renormalize: bool | None = None,
         n_groups: int | None = None,
         topk_groups: int | None = None,
-        capacity_factor: float = 1.0,
+        routed_scaling_factor: float | None = None,
+        capacity_factor: float | None = None,
         jitter_eps: float = 0.0,
     ):
         super().__init__()
         check_positive_int("d_model", d_model)
-        check_router(E, k, method, order, renormalize, n_groups, topk_groups, capacity_factor, jitter_eps)
-        self.d_model, self.E, self.k, self.method = d_model, E, k, method
-        self.order, self.renormalize = order, renormalize
-        self.n_groups, self.topk_groups = n_groups, topk_groups
-        self.capacity_factor, self.jitter_eps = capacity_factor, jitter_eps
+        given = dict(order=order, renormalize=renormalize, n_groups=n_groups, topk_groups=topk_groups)
+        given |= dict(routed_scaling_factor=routed_scaling_factor, capacity_factor=capacity_factor)
+        self.settings = router_settings(E, k, method, jitter_eps, **given)
+        self.d_model, self.E, self.k, self.method, self.jitter_eps = d_model, E, k, method, jitter_eps
         self.gate = nn.Linear(d_model, E, bias=False)
         self.noise_gate = nn.Linear(d_model, E, bias=False) if method == "noisy_topk" else None
         self.register_buffer("bias", torch.zeros(E))
@@ -323,16 +419,17 @@ class Router(nn.Module):
         """:meth:`forward` without checking x (the MoE layer checked it)."""
         if self.training and self.jitter_eps > 0:
             x = _jitter(x, self.jitter_eps)
-        logits = self.gate(x)
+        logits, s = self.gate(x), self.settings
         if self.method == "topk":
-            return _top_k(logits, self.k, self.order, self.renormalize, self.bias)
+            return _top_k(logits, self.k, s["order"], s["renormalize"], self.bias)
         if self.method == "noisy_topk":
             noise_std = F.softplus(self.noise_gate(x)) if self.training else 0.0
             return _noisy_top_k(logits, self.k, noise_std)
         if self.method == "switch":
             return _top_k(logits, 1, "softmax_then_topk", False, None)
         if self.method == "sigmoid":
-            return _sigmoid(logits, self.k, self.bias)
+            return _sigmoid(logits, self.k, self.bias, **s)
         if self.method == "group_limited":
-            return _group_limited(logits, self.k, self.n_groups, self.topk_groups)
-        return _expert_choice(logits, min(capacity_of(x.shape[0], self.E, self.k, self.capacity_factor), x.shape[0]))
+            return _group_limited(logits, self.k, **s)
+        capacity = capacity_of(x.shape[0], self.E, self.k, s["capacity_factor"])
+        return _expert_choice(logits, min(capacity, x.shape[0]))

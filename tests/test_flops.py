@@ -127,3 +127,17 @@ def test_the_cost_of_a_layer_config_is_the_built_layer_s(activation, n_shared):
     one_expert = sum(p.numel() for p in layer.experts.parameters()) // config.E
     assert cost.active_params == (config.k + n_shared) * one_expert
     assert cost.flops_per_token == 2 * cost.active_params
+
+
+def test_a_gated_shared_expert_of_its_own_width_is_counted_as_built():
+    """Qwen2-MoE's block: one shared expert 3 times as wide as a routed one, with its d_model → 1 gate."""
+    config = MoEConfig(d_model=16, d_ff=8, E=8, k=2, n_shared=1, shared_d_ff=24, shared_gate=True)
+    layer = MoELayer(config)
+    cost = moe_layer_cost(config)
+    assert cost.stored_params == sum(p.numel() for name, p in layer.named_parameters() if not name.startswith("router"))
+    shared = sum(p.numel() for p in layer.shared.parameters())
+    assert shared == 3 * 16 * 24 + 16
+    assert cost.active_params == 2 * 3 * 16 * 8 + shared and cost.flops_per_token == 2 * cost.active_params
+    base = dict(vocab_size=100, d_model=16, n_layers=2, n_heads=4, n_kv_heads=4, d_ff=8, E=8, k=2, s=1)
+    parts = count_model_params(ModelConfig(**base, shared_d_ff=24, shared_gate=True))
+    assert parts["experts"] == 2 * (8 * 3 * 16 * 8 + shared)

@@ -32,7 +32,6 @@ NAN, INF = float("nan"), float("inf")
 T, E, D = 6, 4, 16  # tokens, experts, d_model
 Z = torch.randn(T, E, generator=torch.Generator().manual_seed(0))
 INDICES = torch.tensor([[0, 1], [1, 2], [2, 3], [3, 0], [0, 2], [1, 3]])
-WEIGHTS = torch.full((T, 2), 0.5)
 PROBS = torch.softmax(Z, dim=-1)
 X = torch.randn(T, D, generator=torch.Generator().manual_seed(1))
 VOCAB = 11
@@ -50,7 +49,7 @@ BAD = {
     "MoE num_experts=0": (lambda: MoE(D, num_experts=0), "num_experts"),
     "MoE k > num_experts": (lambda: MoE(D, num_experts=4, k=5), "k"),
     "MoE d_ff=0": (lambda: MoE(D, d_ff=0), "d_ff"),
-    "MoE expert='relu'": (lambda: MoE(D, "relu"), "expert"),
+    "MoE expert='tanh'": (lambda: MoE(D, "tanh"), "expert"),
     "MoE option E": (lambda: MoE(D, E=4), "E"),
     "MoE unknown option": (lambda: MoE(D, experts=4), "experts"),
     "MoE ep_size=0": (lambda: MoE(D, ep_size=0), "ep_size"),
@@ -98,8 +97,9 @@ BAD = {
     # capacity, dispatch, load
     "expert_capacity cf=nan": (lambda: expert_capacity(10, E, 2, NAN), "capacity_factor"),
     "expert_capacity cf=inf": (lambda: expert_capacity(10, E, 2, INF), "capacity_factor"),
-    "capacity_keep weights list": (lambda: capacity_keep(INDICES, WEIGHTS.tolist(), E, 2), "weights"),
-    "capacity_keep capacity 2.5": (lambda: capacity_keep(INDICES, WEIGHTS, E, 2.5), "capacity"),
+    "capacity_keep probs list": (lambda: capacity_keep(INDICES, E, 2, "batch_priority", PROBS.tolist()), "probs"),
+    "capacity_keep capacity 2.5": (lambda: capacity_keep(INDICES, E, 2.5), "capacity"),
+    "capacity_keep E as float": (lambda: capacity_keep(INDICES, 4.0, 2), "E"),
     "padding_waste negative": (lambda: padding_waste(torch.tensor([3, -1])), "counts"),
     "padding_waste float": (lambda: padding_waste(torch.tensor([3.0, 1.5])), "counts"),
     "padding_waste list": (lambda: padding_waste([3, 1]), "counts"),
@@ -114,7 +114,7 @@ BAD = {
     "expert -1": (lambda: Experts(E, D, 16).expert(-1, X), "e"),
     "expert E": (lambda: Experts(E, D, 16).expert(E, X), "e"),
     "expert x float64": (lambda: Experts(E, D, 16).expert(0, X.double()), "x"),
-    "ffn relu": (lambda: ffn(X, torch.ones(D, 16), torch.ones(16, D), "relu"), "activation"),
+    "ffn tanh": (lambda: ffn(X, torch.ones(D, 16), torch.ones(16, D), "tanh"), "activation"),
     "FFN d_ff=0": (lambda: FFN(D, 0), "d_ff"),
     # the model, training and the FLOP accounting
     "idx out of vocabulary": (lambda: LM(torch.tensor([[VOCAB]])), "idx"),
@@ -168,7 +168,8 @@ def test_training_stops_at_the_step_whose_loss_is_not_finite():
 
 
 def test_a_capacity_beyond_int64_keeps_every_pair():
-    assert capacity_keep(INDICES, WEIGHTS, E, 2**70).all()
+    assert capacity_keep(INDICES, E, 2**70).all()
+    assert capacity_keep(INDICES, E, 2**70, "batch_priority", PROBS).all()
     moe = layer(capacity_factor=1e30)  # a capacity of about 1e30 pairs per expert
     moe(X)
     assert moe.last_stats.dropped_pairs == 0
@@ -192,8 +193,11 @@ ROUTERS = {
     "expert_choice": lambda z: expert_choice_routing(z, 3),
     "sigmoid": lambda z: sigmoid_routing(z, 2),
     "sigmoid bias": lambda z: sigmoid_routing(z, 2, bias=UNDERFLOWED),
-    "group_limited": lambda z: group_limited_routing(z, 2, n_groups=2, topk_groups=1),
+    "group_limited": lambda z: group_limited_routing(z, 2, n_groups=2, topk_groups=1, routed_scaling_factor=16.0),
+    "group_limited renormalized": lambda z: group_limited_routing(z, 2, n_groups=2, topk_groups=1, renormalize=True),
+    "sigmoid groups bias": lambda z: sigmoid_routing(z, 2, UNDERFLOWED, n_groups=2, topk_groups=1),
 }
+NOT_SUMMING_TO_1 = ("topk not renormalized", "switch", "expert_choice", "group_limited")
 
 
 def assert_finite(*tensors):
@@ -211,7 +215,7 @@ def test_every_router_is_finite_for_finite_logits(router, logits):
     assert_finite(r.weights, r.probs, loss, z.grad)
     if router.endswith("bias"):  # the bias chose experts 2 and 3 even where their scores underflowed to 0
         assert (r.indices.sort(dim=-1).values == torch.tensor([2, 3])).all()
-    if router not in ("topk not renormalized", "switch", "expert_choice"):  # the weights of a token sum to 1
+    if router not in NOT_SUMMING_TO_1:  # the weights of a token sum to 1
         torch.testing.assert_close(r.weights.sum(dim=-1), torch.ones(T))
 
 

@@ -302,6 +302,44 @@ SIGMOID_WEIGHTS_WITH_BIAS = """def sigmoid_with_bias(logits, bias, k):
     chosen = scores.gather(1, indices)
     return indices, chosen / chosen.sum(dim=-1, keepdim=True)
 """
+BATCH_PRIORITY_PAIRS_BY_OWN_PROBABILITY = """def keep_batch_priority(indices, probs, E, C):
+    T, k = indices.shape
+    p = probs.detach().gather(1, indices).tolist()  # each pair's own probability
+    pairs = sorted(((t, j) for j in range(k) for t in range(T)), key=lambda pair: -p[pair[0]][pair[1]])
+    keep = torch.zeros(T, k, dtype=torch.bool)
+    filled = [0] * E
+    for t, j in pairs:  # all T·k pairs by their own probability: a second choice may beat a first choice
+        e = indices[t, j].item()
+        if filled[e] < C:
+            keep[t, j] = True
+            filled[e] += 1
+    return keep
+"""
+BATCH_PRIORITY_RENORMALIZED = """def keep_batch_priority(indices, probs, E, C):
+    T, k = indices.shape
+    top = probs.detach().gather(1, indices)
+    s = (top / top.sum(dim=-1, keepdim=True)).max(dim=-1).values.tolist()  # renormalized top-k weights, not probs
+    tokens = sorted(range(T), key=lambda t: -s[t])
+    keep = torch.zeros(T, k, dtype=torch.bool)
+    filled = [0] * E
+    for j in range(k):
+        for t in tokens:
+            e = indices[t, j].item()
+            if filled[e] < C:
+                keep[t, j] = True
+                filled[e] += 1
+    return keep
+"""
+GROUP_LIMITED_V3_GROUP_SCORE = """def group_limited(logits, k, n_groups, topk_groups, routed_scaling_factor=1.0):
+    T, E = logits.shape
+    probs = torch.softmax(logits, dim=-1)
+    group_scores = probs.view(T, n_groups, E // n_groups).topk(2, dim=-1).values.sum(dim=-1)  # V3's rule, not V2's
+    groups = torch.topk(group_scores, topk_groups, dim=-1).indices
+    allowed = torch.zeros(T, n_groups, dtype=torch.bool).scatter(1, groups, True)
+    allowed = allowed.repeat_interleave(E // n_groups, dim=1)
+    top_p, indices = torch.topk(probs.masked_fill(~allowed, -1.0), k, dim=-1)
+    return indices, routed_scaling_factor * top_p
+"""
 GATHER_GEMM_NO_K_MASK = """@triton.jit
 def gather_gemm_kernel(x_ptr, w_ptr, out_ptr, pairs_ptr, expert, num_pairs, k, D, N,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -362,6 +400,7 @@ MISTAKES = {
     "03_routing": {
         "ec_softmax_over_tokens": ("expert_choice", EXPERT_CHOICE_SOFTMAX_OVER_TOKENS, ["test_expert_choice"]),
         "bias_in_weights": ("sigmoid_with_bias", SIGMOID_WEIGHTS_WITH_BIAS, ["test_sigmoid_with_bias"]),
+        "v3_group_score": ("group_limited", GROUP_LIMITED_V3_GROUP_SCORE, ["test_group_limited"]),  # passes visible
     },
     "04_load_balancing": {  # seq_loss builds on switch_loss; its safety net keeps one mistake from costing twice
         "softmax_twice": ("switch_loss", SOFTMAX_TWICE, ["test_switch_loss"]),
@@ -375,6 +414,13 @@ MISTAKES = {
         "loses_pairs": ("moe_with_capacity", MOE_LOSES_SECOND_CHOICES, ["test_moe_with_capacity"]),
         "token_level_keep": ("moe_with_capacity", MOE_TOKEN_LEVEL_KEEP, ["test_moe_with_capacity"]),
         "renormalizes": ("moe_with_capacity", MOE_RENORMALIZES_SURVIVORS, ["test_moe_with_capacity"]),
+        # each passes the visible tests
+        "pairs_by_own_probability": (
+            "keep_batch_priority",
+            BATCH_PRIORITY_PAIRS_BY_OWN_PROBABILITY,
+            ["test_keep_batch_priority"],
+        ),
+        "renormalized_priority": ("keep_batch_priority", BATCH_PRIORITY_RENORMALIZED, ["test_keep_batch_priority"]),
     },
     "06_kernels": {  # each passes the visible tests
         "no_k_mask": ("gather_gemm", GATHER_GEMM_NO_K_MASK, ["test_gather_gemm"]),

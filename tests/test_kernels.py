@@ -61,6 +61,7 @@ CASES = [  # T, k, E, D, F, activation, routing kind, drop probability, combine
     (1, 2, 4, 24, 40, "swiglu", "uniform", 0.0, "reduce"),  # one token
     (29, 1, 4, 20, 24, "swiglu", "uniform", 0.0, "reduce"),  # k = 1
     (33, 2, 4, 24, 16, "gelu", "one_expert", 0.0, "reduce"),  # every token on one expert
+    (37, 2, 4, 24, 40, "relu", "uniform", 0.0, "reduce"),  # ReLU (Switch, GShard)
     (24, 2, 8, 24, 16, "swiglu", "half_idle", 0.0, "reduce"),  # experts with zero tokens
     (40, 2, 4, 24, 24, "swiglu", "uniform", 0.4, "reduce"),  # pairs dropped by a capacity limit
     (16, 8, 64, 24, 16, "swiglu", "uniform", 0.0, "reduce"),  # k = 8, E = 64
@@ -162,7 +163,7 @@ def valid_call():
         (dict(indices=torch.full((5, 2), 4)), "indices"),
         (dict(weights=torch.rand(5, 3)), "weights"),
         (dict(keep=torch.ones(5, 2)), "keep"),
-        (dict(activation="relu"), "activation"),
+        (dict(activation="tanh"), "activation"),
         (dict(combine="sum"), "combine"),
     ],
 )

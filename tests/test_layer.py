@@ -55,6 +55,29 @@ def test_backends_agree_through_the_layer_and_train():
     assert layer.router.gate.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("backend", BOTH)
+def test_a_gated_shared_expert_of_its_own_width_is_qwen2_moes(backend):
+    """y = Σ_j g_j · expert_j(x) + sigmoid(x · w_gate) · shared(x), the shared FFN 24 wide (routed ones: 8)."""
+    layer = same_layer(backend, 16, 8, E=4, k=2, renormalize=False, n_shared=1, shared_d_ff=24, shared_gate=True)
+    x = torch.randn(10, 16, dtype=torch.float64)
+    layer = layer.double()
+    r = layer.router(x)
+    routed = torch.stack(
+        [
+            sum(
+                w * layer.experts.expert(int(e), x[t : t + 1])[0]
+                for e, w in zip(r.indices[t], r.weights[t], strict=True)
+            )
+            for t in range(10)
+        ]
+    )
+    shared = ffn(x, layer.shared.w1, layer.shared.w2, "swiglu") * torch.sigmoid(x @ layer.shared.gate.weight.T)
+    assert layer.shared.w1.shape == (16, 48) and layer.shared.gate.weight.shape == (1, 16)
+    torch.testing.assert_close(layer(x), routed + shared)
+    layer(x).sum().backward()
+    assert layer.shared.gate.weight.grad.abs().sum() > 0
+
+
 def test_moe_constructor():
     torch.manual_seed(0)
     moe = MoE(hidden_size=16, num_experts=4, k=2)
@@ -75,7 +98,7 @@ def test_moe_constructor():
         (lambda: layer_of(16, 32, E=4, k=5), "k"),
         (lambda: layer_of(16, 32, E=4, k=0), "k"),
         (lambda: layer_of(16, 32, E=4, k=2, backend="magic"), "backend"),
-        (lambda: layer_of(16, 32, E=4, k=2, activation="relu"), "activation"),
+        (lambda: layer_of(16, 32, E=4, k=2, activation="tanh"), "activation"),
         (lambda: layer_of(16, 32, E=4, k=2)(torch.randn(3, 15)), "x"),
         (lambda: layer_of(16, 32, E=4, k=2)(torch.ones(3, 16, dtype=torch.int64)), "x"),
         (lambda: layer_of(16, 32, E=4, k=2)([1.0] * 16), "x"),
@@ -91,7 +114,7 @@ def test_bad_arguments_are_named(call, name):
         call()
 
 
-@pytest.mark.parametrize("policy", ["arrival", "priority"])
+@pytest.mark.parametrize("policy", ["arrival", "batch_priority"])
 def test_capacity_layer_accounts_for_every_pair(policy):
     T, E, k = 64, 4, 2
     layers = [same_layer(backend, 16, 32, E, k, capacity_factor=0.5, drop_policy=policy) for backend in BOTH]
@@ -146,6 +169,10 @@ def test_every_router_through_both_backends(router):
     [
         (lambda: layer_of(16, 32, 4, 2, capacity_factor=0), "capacity_factor"),
         (lambda: layer_of(16, 32, 4, 2, capacity_factor=1.0, drop_policy="lifo"), "drop_policy"),
+        (lambda: layer_of(16, 32, 4, 2, shared_d_ff=64), "shared_d_ff"),  # no shared expert to size
+        (lambda: layer_of(16, 32, 4, 2, shared_gate=True), "shared_gate"),
+        (lambda: layer_of(16, 32, 4, 2, n_shared=1, shared_d_ff=0), "shared_d_ff"),
+        (lambda: layer_of(16, 32, 4, 2, n_shared=1, shared_gate=1), "shared_gate"),
         (lambda: layer_of(16, 32, 4, 2, n_shared=-1), "n_shared"),
         (lambda: layer_of(16, 32, 4, 2, router="group_limited", n_groups=3, topk_groups=1), "n_groups"),
     ],

@@ -72,6 +72,11 @@ def _empty(shape: tuple, like: torch.Tensor, dtype: torch.dtype | None = None) -
     return buffer.fill_(_FILL[-1]) if _FILL else buffer
 
 
+def _activation(activation: str) -> dict:
+    """The kernels' activation flags: GLU for SwiGLU (gate and up columns), RELU for ReLU, neither for GELU."""
+    return dict(GLU=activation == "swiglu", RELU=activation == "relu")
+
+
 def _launch_options(x: torch.Tensor, blocks: Blocks) -> dict:
     return dict(
         BLOCK_M=blocks.block_m,
@@ -112,7 +117,7 @@ class FusedExperts(torch.autograd.Function):
         h = _empty((R, w1.shape[2]), x) if save else a  # pre-activations, kept for the backward
         up_kernel[(alignment.num_blocks, triton.cdiv(F, blocks.block_n))](
             x, w1, h, a, alignment.sorted_pairs, alignment.block_expert, alignment.num_pairs, alignment.k, D, F,
-            *w1.stride(), GLU=activation == "swiglu", SAVE_H=save, **_launch_options(x, blocks),
+            *w1.stride(), **_activation(activation), SAVE_H=save, **_launch_options(x, blocks),
         )  # fmt: skip
         y = _down(a, w2, w2.stride(), weights, alignment, kept, T, D, combine, blocks)
         ctx.save_for_backward(x, weights, w1, w2, h, a, kept)
@@ -132,7 +137,7 @@ class FusedExperts(torch.autograd.Function):
         dh = _empty(h.shape, x)
         shares = _empty((f_tiles, n), x, torch.float32)  # each F tile's part of Σ_f g·a per pair
         up_grad_kernel[(alignment.num_blocks, f_tiles)](
-            dy, w2, weights, h, dh, shares, *meta, D, F, GLU=ctx.activation == "swiglu", **options
+            dy, w2, weights, h, dh, shares, *meta, D, F, **_activation(ctx.activation), **options
         )
         dweights = torch.where(kept, shares.sum(dim=0), 0).view(T, k).to(weights.dtype)
         w1_transposed = (w1.stride(0), w1.stride(2), w1.stride(1))  # W1[e]ᵀ: [W1N, D]

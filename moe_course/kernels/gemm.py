@@ -4,7 +4,8 @@ Each program of the two row kernels owns one block of ``BLOCK_M`` rows (one expe
 and one tile of ``BLOCK_N`` output columns. Rows are pairs; ``pair // k`` is the pair's token, so the first
 kernel **gathers** token rows straight from the unpermuted input and no permuted copy is ever written.
 
-- ``up_kernel``:   h = x[token] @ W1[e]  and  a = act(h)           (SwiGLU: gate and up columns of one W1)
+- ``up_kernel``:   h = x[token] @ W1[e]  and  a = act(h)           (SwiGLU: gate and up columns of one W1; GELU,
+                   or ReLU with ``RELU=True``)
 - ``down_kernel``: out[pair] = weight[pair] · (rows @ W[e])         (or atomically added into out[token])
 - ``up_grad_kernel``: g = dy[token] @ W2[e]ᵀ, then the activation's backward and the router-weight gradient
 - ``weight_grad_kernel``: dW[e] = Σ over expert e's rows of A[row]ᵀ B[row]
@@ -23,13 +24,23 @@ INV_SQRT_2PI = 0.3989422804014327
 
 
 @triton.jit
-def _gelu(h):
-    return 0.5 * h * (1.0 + tl.math.erf(h * SQRT_HALF))
+def _act(h, RELU: tl.constexpr):
+    """The activation of an ungated expert: ReLU, or GELU (exact, with erf)."""
+    if RELU:
+        a = tl.maximum(h, 0.0)
+    else:
+        a = 0.5 * h * (1.0 + tl.math.erf(h * SQRT_HALF))
+    return a
 
 
 @triton.jit
-def _gelu_grad(h):
-    return 0.5 * (1.0 + tl.math.erf(h * SQRT_HALF)) + h * INV_SQRT_2PI * tl.exp(-0.5 * h * h)
+def _act_grad(h, RELU: tl.constexpr):
+    """Its derivative; ReLU's is 0 at h = 0, as torch's."""
+    if RELU:
+        d = tl.where(h > 0.0, 1.0, 0.0)
+    else:
+        d = 0.5 * (1.0 + tl.math.erf(h * SQRT_HALF)) + h * INV_SQRT_2PI * tl.exp(-0.5 * h * h)
+    return d
 
 
 @triton.jit
@@ -73,6 +84,7 @@ def up_kernel(
     x_ptr, w1_ptr, h_ptr, a_ptr, sorted_pairs_ptr, block_expert_ptr, num_pairs, k, D, F,
     stride_we, stride_wk, stride_wn, GLU: tl.constexpr, SAVE_H: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    RELU: tl.constexpr = False,
 ):  # fmt: skip
     """x: [T, D] -> a: [R, F] (and h: [R, F or 2F] when SAVE_H); W1: [E, D, F or 2F] (SwiGLU: [gate | up])."""
     e, rows, pairs, valid, cols, col_ok = _block(block_expert_ptr, sorted_pairs_ptr, num_pairs, F, BLOCK_M, BLOCK_N)
@@ -88,7 +100,7 @@ def up_kernel(
                                 BLOCK_K, UPCAST, PRECISION)  # fmt: skip
         act = gate * tl.sigmoid(gate) * up
     else:
-        act = _gelu(gate)
+        act = _act(gate, RELU)
     out = rows[:, None] * F + cols[None, :]
     tl.store(a_ptr + out, act.to(a_ptr.dtype.element_ty), mask=col_ok[None, :])
     if SAVE_H:
@@ -131,6 +143,7 @@ def up_grad_kernel(
     num_pairs, k, D, F,
     GLU: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    RELU: tl.constexpr = False,
 ):  # fmt: skip
     """g = dy[token] @ W2[e]ᵀ ([R, F]; W2: [E, F, D]), the gradient of the expert's output a before the router
     weight. Writes dh = act'(h) · weight · g ([R, F or 2F]) and this column tile's share of the router-weight
@@ -157,8 +170,8 @@ def up_grad_kernel(
         tl.store(dh_ptr + h_offsets, d_gate.to(dh_ptr.dtype.element_ty), mask=mask)
         tl.store(dh_ptr + h_offsets + F, (da * silu).to(dh_ptr.dtype.element_ty), mask=mask)
     else:
-        a = _gelu(gate)
-        tl.store(dh_ptr + h_offsets, (weight * g * _gelu_grad(gate)).to(dh_ptr.dtype.element_ty), mask=mask)
+        a = _act(gate, RELU)
+        tl.store(dh_ptr + h_offsets, (weight * g * _act_grad(gate, RELU)).to(dh_ptr.dtype.element_ty), mask=mask)
     share = tl.sum(tl.where(mask, g * a, 0.0), axis=1)
     tl.store(dweights_ptr + tl.program_id(1) * num_pairs + pairs, share, mask=valid)
 

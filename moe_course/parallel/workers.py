@@ -65,7 +65,7 @@ def ep_case(rank: int, world_size: int, case: dict, backend=None) -> dict:
     if "indices" in case:
         indices, w_local = case["indices"][rows], weights[rows].clone().requires_grad_()
         capacity = case_capacity(case)
-        keep = None if capacity is None else keep_within_capacity(indices, w_local, case["E"], capacity, "arrival")
+        keep = None if capacity is None else keep_within_capacity(indices, case["E"], capacity, "arrival")
         y, traffic = ep.exchange(x_local, indices, w_local, keep, ep.experts, backend or ep.backend, capacity)
         result["dropped_pairs"] = 0 if keep is None else int((~keep).sum())
     else:
@@ -109,7 +109,7 @@ def reference(case: dict) -> tuple:
             indices, w = routing.indices, routing.weights
         else:
             indices, w = case["indices"][rows], weights[rows]
-        keep = None if capacity is None else keep_within_capacity(indices, w, case["E"], capacity, "arrival")
+        keep = None if capacity is None else keep_within_capacity(indices, case["E"], capacity, "arrival")
         outputs.append(loop_moe(x[rows], indices, w, keep, layer.experts))
         keeps.append(keep)
     y = torch.cat(outputs)
