@@ -217,10 +217,6 @@ def check_groups(E: int, k: int, n_groups, topk_groups, group_size: int = 1) -> 
         raise ValueError(f"k={k} must be at most the experts in the kept groups, {topk_groups * (E // n_groups)}")
 
 
-def check_scaling(routed_scaling_factor) -> None:
-    check_number("routed_scaling_factor", routed_scaling_factor, positive=True)
-
-
 def sigmoid_routing(
     logits: torch.Tensor,
     k: int,
@@ -255,7 +251,7 @@ def sigmoid_routing(
     if n_groups is not None:
         check_groups(E, k, n_groups, topk_groups, group_size=2)
     check_bool("renormalize", renormalize)
-    check_scaling(routed_scaling_factor)
+    check_number("routed_scaling_factor", routed_scaling_factor, positive=True)
     return _sigmoid(logits, k, bias, n_groups, topk_groups, renormalize, routed_scaling_factor)
 
 
@@ -308,7 +304,7 @@ def group_limited_routing(
     check_top_k(k, logits.shape[1])
     check_groups(logits.shape[1], k, n_groups, topk_groups)
     check_bool("renormalize", renormalize)
-    check_scaling(routed_scaling_factor)
+    check_number("routed_scaling_factor", routed_scaling_factor, positive=True)
     return _group_limited(logits, k, n_groups, topk_groups, renormalize, routed_scaling_factor)
 
 
