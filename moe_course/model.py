@@ -53,6 +53,26 @@ class TinyLMConfig:
         )  # fmt: skip
 
 
+class KVCache:
+    """The keys and values every layer computed for the positions seen so far, so that decoding a new token attends to
+    them without recomputing them: per layer ``[B, n_heads, S_past, head_dim]`` each. ``length`` = S_past."""
+
+    def __init__(self, n_layers: int):
+        self.keys: list = [None] * n_layers
+        self.values: list = [None] * n_layers
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple:
+        """Append the new positions' k, v ``[B, n_heads, S_new, head_dim]`` to ``layer``'s; return all of them."""
+        if self.keys[layer] is not None:
+            k, v = torch.cat([self.keys[layer], k], dim=2), torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int):
         super().__init__()
@@ -60,11 +80,19 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, S, d_model] -> [B, S, d_model]; each position attends to itself and earlier ones."""
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """x: [B, S, d_model] -> [B, S, d_model]; each position attends to itself and earlier ones, those of
+        ``cache`` included (the new keys and values are added to it, as ``layer``'s)."""
         B, S, d = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)
+        past = k.shape[2] - S
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # new position i (absolute past + i) sees keys 0 .. past + i
+            visible = torch.ones(S, past + S, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
         return self.out(y.transpose(1, 2).reshape(B, S, d))
 
 
@@ -78,8 +106,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(m.d_model, c.n_heads)
         self.ffn = FFN(m.d_model, m.d_ff, m.activation) if c.ffn == "dense" else MoELayer(m, exchange)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cache, layer)
         return x + self.ffn(self.norm2(x))
 
 
@@ -101,18 +129,32 @@ class TinyLM(nn.Module):
         nn.init.normal_(self.tok_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx: [B, S] token ids in [0, vocab_size), S <= seq_len, on the model's device -> logits
-        [B, S, vocab_size]."""
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx: [B, S] token ids in [0, vocab_size), on the model's device -> logits [B, S, vocab_size].
+
+        With a ``cache`` (:meth:`new_cache`), idx are the positions after those the cache holds (prefill the prompt,
+        then one token at a time): their logits equal the full forward's on the whole sequence (with dropless
+        token-choice routers; a capacity limit or expert choice decides over the tokens of each call), and the cache
+        grows by S. Positions are learned, so the cache and idx together hold at most ``seq_len`` tokens."""
         check_ids("idx", idx, ("B", "S"), "int32 or int64", self.config.vocab_size, "vocab_size")
-        if idx.shape[1] > self.config.seq_len:
-            raise ValueError(f"idx must have shape [B, S] with S <= {self.config.seq_len}, got {tuple(idx.shape)}")
+        if cache is not None and not isinstance(cache, KVCache):
+            raise ValueError(f"cache must be a KVCache (model.new_cache()) or None, got {type(cache).__name__}")
+        start = 0 if cache is None else cache.length
+        if start + idx.shape[1] > self.config.seq_len:
+            raise ValueError(
+                f"idx must have shape [B, S] with {start} cached + S <= seq_len={self.config.seq_len} positions, "
+                f"got {tuple(idx.shape)}"
+            )
         if idx.device != self.tok_emb.weight.device:
             raise ValueError(f"idx must be on the model's device {self.tok_emb.weight.device}, got {idx.device}")
-        x = self.tok_emb(idx) + self.pos_emb(torch.arange(idx.shape[1], device=idx.device))
-        for block in self.blocks:
-            x = block(x)
+        x = self.tok_emb(idx) + self.pos_emb(torch.arange(start, start + idx.shape[1], device=idx.device))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
         return self.norm(x) @ self.tok_emb.weight.T
+
+    def new_cache(self) -> KVCache:
+        """An empty :class:`KVCache` for incremental decoding with this model."""
+        return KVCache(self.config.n_layers)
 
     def moe_layers(self) -> list:
         """The MoE layers, first block first (empty for a dense model)."""
