@@ -48,6 +48,24 @@ def test_outputs_equal_the_plain_layers_and_requests_add_up(policy, cache_size):
         assert s.misses == len({e for step in steps for e in step})
 
 
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
+def test_missing_experts_can_run_where_they_are_stored(policy):
+    """on_miss="cpu": the fast tier holds the preloaded experts only; the others run in the slow tier, and only
+    their tokens' activations cross (2 · rows · d_model · 4 bytes per call and expert)."""
+    layer, xs = layer_of(), calls(tokens=2)
+    offloaded = OffloadedMoE(layer_of(), 4, policy, on_miss="cpu")
+    offloaded.preload([0, 1, 2, 3])
+    preloaded_bytes = offloaded.stats.bytes_moved
+    with torch.no_grad():
+        for x in xs:
+            torch.testing.assert_close(offloaded(x), layer(x), rtol=0, atol=1e-6)
+    s = offloaded.stats
+    assert sorted(offloaded.fast) == [0, 1, 2, 3] and s.misses == 4 + s.computed_where_stored
+    assert s.hits + s.misses == 4 + sum(map(len, steps_of(layer, xs)))
+    rows = sum(int((layer.router.route(x).indices >= 4).sum()) for x in xs)  # pairs on the experts left out
+    assert s.bytes_moved - preloaded_bytes == 2 * rows * D * 4
+
+
 def test_a_cache_of_one_expert_serves_a_top1_layer():
     layer, xs = layer_of(k=1, router="switch"), calls()
     offloaded = OffloadedMoE(layer_of(k=1, router="switch"), 1)
@@ -100,6 +118,7 @@ def test_an_offloaded_model_generates_the_same_text():
         (lambda: OffloadedMoE(layer_of(capacity_factor=1.0), 4), "layer"),
         (lambda: OffloadedMoE(torch.nn.Linear(2, 2), 4), "layer"),
         (lambda: OffloadedMoE(layer_of(), 4, bandwidth=0), "bandwidth"),
+        (lambda: OffloadedMoE(layer_of(), 4, on_miss="gpu"), "on_miss"),
     ],
 )
 def test_bad_arguments_are_named(call, name):

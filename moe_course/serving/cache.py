@@ -81,25 +81,27 @@ class ExpertCache:
         """The experts in fast memory now."""
         return frozenset(self._cached)
 
-    def request(self, experts) -> Access:
-        """Serve one step: ``experts`` (a sequence or 1-D integer tensor of distinct expert ids) are all needed now."""
+    def request(self, experts, load: bool = True) -> Access:
+        """Serve one step: ``experts`` (a sequence or 1-D integer tensor of distinct expert ids) are all needed now;
+        ``load=False`` leaves the misses out of the cache (see :meth:`serve`)."""
         step = as_step("experts", experts, self.E, self.cache_size)
         if self.future is not None and (self.served >= len(self.future) or set(step) != set(self.future[self.served])):
             raise ValueError(
                 f"experts must be step {self.served} of the future given to policy='belady' "
                 f"({len(self.future)} steps), got {list(step)}"
             )
-        return self.serve(step)
+        return self.serve(step, load)
 
-    def serve(self, step: tuple) -> Access:
-        """:meth:`request` without the checks, for a caller that checked its trace once (:func:`simulate`)."""
+    def serve(self, step: tuple, load: bool = True) -> Access:
+        """:meth:`request` without the checks, for a caller that checked its trace once (:func:`simulate`).
+        ``load=False``: the misses are served elsewhere (computed where their weights are) and not cached."""
         t = self.served
         hits = tuple(e for e in step if e in self._cached)
         misses = tuple(e for e in step if e not in self._cached)
         for e in step:
             self._last_use[e], self._uses[e] = t, self._uses[e] + 1
         evicted = []
-        for e in misses:
+        for e in misses if load else ():
             if len(self._cached) == self.cache_size:
                 victim = min(self._cached.difference(step), key=self._eviction_order)
                 self._cached.remove(victim)

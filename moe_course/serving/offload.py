@@ -7,6 +7,10 @@ experts they chose (one *step*), copies the missing ones in (evicting by the cac
 its tokens from the fast tier. Its output is the plain layer's: offloading changes where weights are, not what is
 computed.
 
+With ``on_miss="cpu"`` a missing expert is not copied: its tokens go to the slow tier and it runs there, on the CPU
+(Fiddler, Kamahori et al. 2024), which beats moving the weights when few tokens need it
+(:func:`~moe_course.serving.memory.missing_expert_cost`); only the tokens' activations cross the bus.
+
 On a GPU the fast tier is the GPU and copy times are measured. On a CPU-only machine the fast tier is a separate
 set of tensors in the same memory: the copies really happen, and their time is *modelled* as bytes / bandwidth
 (``OffloadStats.modelled_seconds``), the only time this module reports there.
@@ -18,21 +22,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..checks import check_hidden, check_number
+from ..checks import check_choice, check_hidden, check_number
 from ..experts import ffn
 from ..layer import MoELayer
 from .cache import ExpertCache
 
 PCIE4_X16 = 32e9  # bytes/s, the nominal one-way bandwidth of PCIe 4.0 x16 (PCIe 5.0 x16: 64e9)
+ON_MISS = ("transfer", "cpu")
 
 
 @dataclass
 class OffloadStats:
-    """What the layer's calls moved: expert requests served from the cache (``hits``) or loaded (``misses``),
-    ``bytes_moved`` by the loads, their modelled time at the layer's bandwidth, and on a GPU their measured time."""
+    """What the layer's calls moved: expert requests served from the cache (``hits``) or not (``misses``: loaded, or
+    run in the slow tier), ``bytes_moved`` (weights loaded, or the activations of the tokens sent to the slow tier),
+    their modelled time at the layer's bandwidth, and on a GPU their measured time."""
 
     hits: int = 0
     misses: int = 0
+    computed_where_stored: int = 0  # misses run in the slow tier (on_miss="cpu"), not loaded
     bytes_moved: int = 0
     modelled_seconds: float = 0.0
     measured_seconds: float | None = None
@@ -48,8 +55,9 @@ class OffloadedMoE(nn.Module):
     memory, ``cache_size`` of them in the fast tier ``device`` (a GPU; by default the CPU itself), evicted under
     ``policy`` (``"lru"``, ``"lfu"``, or ``"belady"`` with ``future``, the steps to come: see
     :class:`~moe_course.serving.cache.ExpertCache`). ``bandwidth``: bytes/s of the slow-to-fast copy, for the
-    modelled time. The layer's router and shared experts move to ``device`` and run there; its expert weights stay
-    in the slow tier (pinned when there is a GPU)."""
+    modelled time. ``on_miss``: ``"transfer"`` copies a missing expert in, ``"cpu"`` runs it in the slow tier. The
+    layer's router and shared experts move to ``device`` and run there; its expert weights stay in the slow tier
+    (pinned when there is a GPU)."""
 
     def __init__(
         self,
@@ -59,6 +67,7 @@ class OffloadedMoE(nn.Module):
         future=None,
         device: torch.device | str | None = None,
         bandwidth: float = PCIE4_X16,
+        on_miss: str = "transfer",
     ):
         super().__init__()
         if not isinstance(layer, MoELayer) or not layer.exchange.local:
@@ -66,6 +75,7 @@ class OffloadedMoE(nn.Module):
         if layer.config.drops_pairs or layer.config.router == "expert_choice":
             raise ValueError("layer must be dropless and token-choice: a step's experts are its tokens' choices")
         check_number("bandwidth", bandwidth, positive=True)
+        self.on_miss = check_choice("on_miss", on_miss, ON_MISS)
         if layer.experts.w1.device.type != "cpu":
             raise ValueError(
                 f"layer must hold its experts in CPU memory (the slow tier), got {layer.experts.w1.device}"
@@ -92,23 +102,40 @@ class OffloadedMoE(nn.Module):
         tokens = x.reshape(-1, c.d_model)
         routing = self.layer.router.route(tokens)
         step = routing.indices.unique().tolist()  # the distinct experts this call needs, all at once
-        access = self.cache.request(step)
+        access = self.cache.request(step, load=self.on_miss == "transfer")
         self.stats.hits += len(access.hits)
         for e in access.evicted:
             del self.fast[e]
             self.stats.evicted.append(e)
-        for e in access.misses:
-            self.fast[e] = self._load(e)
+        if self.on_miss == "transfer":
+            for e in access.misses:
+                self.fast[e] = self._load(e)
         y = torch.zeros_like(tokens)
         for e in step:
             token, slot = torch.where(routing.indices == e)
-            w1, w2 = self.fast[e]
-            out = ffn(tokens[token], w1, w2, c.activation) * routing.weights[token, slot].unsqueeze(-1)
-            y = y.index_add(0, token, out.to(y.dtype))
+            rows = tokens[token]
+            if e in self.fast:
+                out = ffn(rows, *self.fast[e], c.activation)
+            else:  # computed where the weights are: the rows go to the slow tier and back
+                out = ffn(rows.cpu(), *self.slow[e], c.activation).to(y.device)
+                self._count(2 * rows.numel() * rows.element_size())
+                self.stats.misses += 1
+                self.stats.computed_where_stored += 1
+            y = y.index_add(0, token, (out * routing.weights[token, slot].unsqueeze(-1)).to(y.dtype))
         if self.layer.shared is not None:
             y = y + self.layer.shared(tokens)
         self.layer.last_routing = routing
         return y.reshape(x.shape)
+
+    def preload(self, experts) -> None:
+        """Load ``experts`` (distinct ids, at most ``cache_size``) into the fast tier now, as one step of the cache:
+        with ``on_miss="cpu"`` the fast tier holds only what was preloaded (Fiddler keeps the experts that fit on the
+        GPU there and runs the others on the CPU). Counted in the stats like any load."""
+        access = self.cache.request(experts)
+        for e in access.evicted:
+            del self.fast[e]
+        for e in access.misses:
+            self.fast[e] = self._load(e)
 
     def _load(self, e: int) -> tuple:
         """Copy expert e's weights from the slow tier into the fast one, counting bytes and time."""
@@ -120,6 +147,10 @@ class OffloadedMoE(nn.Module):
             torch.cuda.synchronize(self.device)
             self.stats.measured_seconds += time.perf_counter() - start
         self.stats.misses += 1
+        self._count(size)
+        return weights
+
+    def _count(self, size: int) -> None:
+        """``size`` bytes crossed between the tiers."""
         self.stats.bytes_moved += size
         self.stats.modelled_seconds += size / self.bandwidth
-        return weights
