@@ -396,6 +396,34 @@ def crossover_tokens(k, d_model, d_ff, element_size, P, alpha, beta, peak_flops)
         return math.inf
     return 2 * alpha / (compute_per_token - comm_per_token)
 """
+LRU_EVICTS_MOST_RECENT = """def lru_hits(trace, cache_size):
+    last_use = {}
+    hits = misses = 0
+    for t, step in enumerate(trace):
+        for e in step:
+            if e in last_use:
+                hits += 1
+        for e in step:
+            if e in last_use:
+                continue
+            misses += 1
+            if len(last_use) == cache_size:
+                victim = max((x for x in last_use if x not in step), key=lambda x: (last_use[x], -x))  # the MOST recent
+                del last_use[victim]
+            last_use[e] = t
+        for e in step:
+            last_use[e] = t
+    return hits, misses
+"""
+DISTINCT_SWAPPED = """def expected_distinct(E, k, B):
+    return float(E * (1 - (1 - B / E) ** k))  # k/E and B swapped
+"""
+RECALL_OVER_GUESSES = """def prefetch_recall(guessed, chosen):
+    if chosen.numel() == 0:
+        return 1.0
+    hit = (chosen[:, :, None] == guessed[:, None, :]).any(dim=-1)
+    return hit.sum().item() / guessed.numel()  # divides by the guesses, not the chosen pairs
+"""
 MISTAKES = {
     "03_routing": {
         "ec_softmax_over_tokens": ("expert_choice", EXPERT_CHOICE_SOFTMAX_OVER_TOKENS, ["test_expert_choice"]),
@@ -431,6 +459,11 @@ MISTAKES = {
         "round_robin_experts": ("splits", SPLITS_ROUND_ROBIN, ["test_splits"]),
         "on_rank_counted": ("bytes", BYTES_ON_RANK_COUNTED, ["test_bytes"]),
         "alpha_once": ("crossover", ALPHA_ONCE, ["test_crossover"]),
+    },
+    "08_inference": {  # each passes the visible tests
+        "lru_evicts_most_recent": ("lru", LRU_EVICTS_MOST_RECENT, ["test_lru"]),
+        "distinct_swapped": ("distinct", DISTINCT_SWAPPED, ["test_distinct"]),
+        "recall_over_guesses": ("recall", RECALL_OVER_GUESSES, ["test_recall"]),
     },
 }
 

@@ -95,13 +95,26 @@ class OffloadedMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., d_model] on the fast tier -> [..., d_model], equal to the plain layer's output. The distinct
-        experts of one call must fit in the cache together: decode one token at a time, and prefill a prompt whose
-        tokens choose at most ``cache_size`` experts (or in pieces)."""
+        experts the tokens chose are one step of the cache; when there are more than ``cache_size`` of them (a long
+        prompt's prefill), they are served in rounds of ``cache_size``, each a step (so a ``"belady"`` future must
+        list the rounds)."""
         c = self.layer.config
         check_hidden("x", x, c.d_model, like=self.layer.router.gate.weight)
         tokens = x.reshape(-1, c.d_model)
         routing = self.layer.router.route(tokens)
-        step = routing.indices.unique().tolist()  # the distinct experts this call needs, all at once
+        needed = routing.indices.unique().tolist()  # the distinct experts this call needs
+        y = torch.zeros_like(tokens)
+        for start in range(0, len(needed), self.cache.cache_size):  # in rounds, when they do not all fit at once
+            y = self._round(needed[start : start + self.cache.cache_size], tokens, routing, y)
+        if self.layer.shared is not None:
+            y = y + self.layer.shared(tokens)
+        self.layer.last_routing = routing
+        return y.reshape(x.shape)
+
+    def _round(self, step: list, tokens, routing, y) -> torch.Tensor:
+        """Serve ``step``, experts that fit in the cache together: one request of the cache, then each expert on
+        its tokens, added into y."""
+        c = self.layer.config
         access = self.cache.request(step, load=self.on_miss == "transfer")
         self.stats.hits += len(access.hits)
         for e in access.evicted:
@@ -110,7 +123,6 @@ class OffloadedMoE(nn.Module):
         if self.on_miss == "transfer":
             for e in access.misses:
                 self.fast[e] = self._load(e)
-        y = torch.zeros_like(tokens)
         for e in step:
             token, slot = torch.where(routing.indices == e)
             rows = tokens[token]
@@ -122,10 +134,7 @@ class OffloadedMoE(nn.Module):
                 self.stats.misses += 1
                 self.stats.computed_where_stored += 1
             y = y.index_add(0, token, (out * routing.weights[token, slot].unsqueeze(-1)).to(y.dtype))
-        if self.layer.shared is not None:
-            y = y + self.layer.shared(tokens)
-        self.layer.last_routing = routing
-        return y.reshape(x.shape)
+        return y
 
     def preload(self, experts) -> None:
         """Load ``experts`` (distinct ids, at most ``cache_size``) into the fast tier now, as one step of the cache:
