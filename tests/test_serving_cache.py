@@ -184,6 +184,8 @@ def test_a_cache_of_e_or_more_experts_has_only_the_compulsory_misses(policy, ske
     for cache_size in (E, E + 1, 2 * E):
         stats = simulate(trace, E, cache_size, policy)
         assert stats.misses == stats.compulsory_misses == trace.unique().numel() and stats.evictions == ()
+        assert stats.holds_all
+    assert not simulate(trace, E, E - 1, policy).holds_all
 
 
 def test_a_trace_may_be_a_list_of_steps_of_any_size():

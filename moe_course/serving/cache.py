@@ -131,6 +131,7 @@ class CacheStats:
 
     policy: str
     cache_size: int
+    E: int
     requests: int  # expert requests in the trace (the sum of the steps' sizes)
     hits: int
     loads: tuple  # the experts loaded, in order: one per miss
@@ -145,6 +146,12 @@ class CacheStats:
     def hit_rate(self) -> float:
         """hits / requests (0.0 for a trace without requests)."""
         return self.hits / self.requests if self.requests else 0.0
+
+    @property
+    def holds_all(self) -> bool:
+        """Whether the cache has room for all E experts (cache_size >= E): allowed, and then nothing is ever
+        evicted, so it only measures the compulsory misses, not a policy."""
+        return self.cache_size >= self.E
 
     @property
     def compulsory_misses(self) -> int:
@@ -169,7 +176,7 @@ def simulate(trace, E: int, cache_size: int, policy: str = "lru") -> CacheStats:
         evictions += access.evicted
         misses_per_step.append(len(access.misses))
     requests = sum(map(len, steps))
-    return CacheStats(policy, cache_size, requests, hits, tuple(loads), tuple(evictions), tuple(misses_per_step))
+    return CacheStats(policy, cache_size, E, requests, hits, tuple(loads), tuple(evictions), tuple(misses_per_step))
 
 
 def as_steps(name: str, trace, E: int, cache_size: int) -> tuple:
