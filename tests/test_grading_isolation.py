@@ -289,7 +289,10 @@ def test_a_detached_process_dies_with_its_grading_and_changes_no_grade(graded):
 def test_a_submission_sees_only_its_own_course(graded):
     course, grades, *_ = graded
     notebook = load(course / "autograded" / "vandal" / A / NOTEBOOK)
-    for listed in printed_lines(notebook, "swiglu_expert", "TOP"):  # none where it is confined
+    listings = printed_lines(notebook, "swiglu_expert", "TOP")
+    if not listings:  # confined: listing its course was refused
+        assert "list its course PermissionError" in printed_lines(notebook, "swiglu_expert", "REFUSED")
+    for listed in listings:
         assert not set(json.loads(listed)) & {"solutions", "exercises", "feedback", "source", "release"}
     full_marks_except(parts(grades, "vandal"))
 
