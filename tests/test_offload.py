@@ -8,7 +8,7 @@ from moe_course.layer import MoELayer
 from moe_course.model import TinyLM, TinyLMConfig
 from moe_course.serving.cache import POLICIES
 from moe_course.serving.generate import generate
-from moe_course.serving.offload import OffloadedMoE
+from moe_course.serving.offload import OffloadedMoE, measure_copy
 
 E, D = 8, 16
 
@@ -129,8 +129,31 @@ def test_an_offloaded_model_generates_the_same_text():
         (lambda: OffloadedMoE(torch.nn.Linear(2, 2), 4), "layer"),
         (lambda: OffloadedMoE(layer_of(), 4, bandwidth=0), "bandwidth"),
         (lambda: OffloadedMoE(layer_of(), 4, on_miss="gpu"), "on_miss"),
+        (lambda: measure_copy(0), "nbytes"),
+        (lambda: measure_copy(1024, repeats=0), "repeats"),
+        (lambda: measure_copy(1024, "cpu"), "device"),
     ],
 )
 def test_bad_arguments_are_named(call, name):
     with pytest.raises(ValueError, match=rf"^{name}\b"):
         call()
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_gpu
+def test_on_a_gpu_the_copies_are_measured_and_the_outputs_unchanged():
+    layer, xs = layer_of(), calls()
+    offloaded = OffloadedMoE(layer_of(), 3, device="cuda")
+    with torch.no_grad():
+        for x in xs:
+            torch.testing.assert_close(offloaded(x.cuda()).cpu(), layer(x), rtol=1e-5, atol=1e-5)
+    assert offloaded.stats.misses > 0 and offloaded.stats.measured_seconds > 0
+
+
+@needs_gpu
+def test_a_pinned_copy_is_timed_at_a_plausible_bandwidth():
+    nbytes = 64 * 2**20
+    seconds = measure_copy(nbytes)
+    assert 1e9 < nbytes / seconds < 1e12  # bytes/s: between a slow link and far above any PCIe or NVLink-C2C

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..checks import check_choice, check_hidden, check_number
+from ..checks import check_choice, check_hidden, check_number, check_positive_int
 from ..experts import ffn
 from ..layer import MoELayer
 from .cache import ExpertCache
@@ -163,3 +163,25 @@ class OffloadedMoE(nn.Module):
         """``size`` bytes crossed between the tiers."""
         self.stats.bytes_moved += size
         self.stats.modelled_seconds += size / self.bandwidth
+
+
+def measure_copy(nbytes: int, device: torch.device | str = "cuda", repeats: int = 5) -> float:
+    """The median time in seconds, over ``repeats`` copies, to copy ``nbytes`` bytes from pinned host memory to the
+    CUDA ``device``, as :class:`OffloadedMoE` loads an expert (a Mixtral expert: ``expert_bytes(4096, 14336)``). Needs
+    a GPU: on a CPU-only machine copy times can only be modelled."""
+    check_positive_int("nbytes", nbytes)
+    check_positive_int("repeats", repeats)
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise ValueError(f"device must be an available CUDA device to measure a copy, got {device}")
+    host = torch.empty(nbytes, dtype=torch.uint8).pin_memory()
+    target = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    target.copy_(host)  # once untimed: the first copy pays for setting up the transfer
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        target.copy_(host, non_blocking=True)
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
