@@ -206,3 +206,30 @@ def count_model_params(config: ModelConfig) -> dict:
     fixed = embedding + parts["positions"] + lm_head + c.d_model
     parts["active"] = fixed + c.n_layers * (per_layer_fixed + c.k * expert + shared)
     return parts
+
+
+def forward_flops(config: ModelConfig, seq_len: int) -> int:
+    """Forward FLOPs of the whole model on one sequence of ``seq_len`` tokens with causal attention.
+
+    Per token, 2 FLOPs per weight it multiplies: the attention projections, the router(s), its k experts and the
+    shared ones, and the LM head (computed even when tied to the embedding; the embedding and position lookups and
+    the norms multiply nothing). Attention itself, per layer and head: the token at position i scores its query
+    against i + 1 keys and sums as many values, 2 · 2 · (i + 1) · head_dim FLOPs, so a sequence costs
+    ``4 · n_heads · head_dim · S(S+1)/2`` per layer (the causal mask's zeros are not counted; softmax is ignored).
+    """
+    check_positive_int("seq_len", seq_len)
+    c = config
+    parts = count_model_params(c)
+    multiplied = parts["active"] - parts["embedding"] - parts["positions"] - parts["norms"] - parts["lm_head"]
+    multiplied += c.vocab_size * c.d_model  # the LM head, tied or not
+    head_dim = c.head_dim or c.d_model // c.n_heads
+    attention = c.n_layers * 4 * c.n_heads * head_dim * seq_len * (seq_len + 1) // 2
+    return 2 * multiplied * seq_len + attention
+
+
+def training_flops(config: ModelConfig, seq_len: int, sequences: int) -> int:
+    """FLOPs of training on ``sequences`` sequences of ``seq_len`` tokens: the forward pass, and a backward pass that
+    costs twice as much (the gradients of the activations and of the weights, each a product as large as the
+    forward's), so 3 × :func:`forward_flops` per sequence."""
+    check_non_negative_int("sequences", sequences)
+    return 3 * forward_flops(config, seq_len) * sequences

@@ -58,7 +58,9 @@ def check_model_and_ids(model, **ids) -> None:
 class TrainConfig:
     """``balance``: ``"none"``; ``"aux"`` adds ``aux_weight`` × the Switch loss; ``"seq_aux"`` its per-sequence
     variant; ``"z+aux"`` adds ``z_weight`` × the z-loss too; ``"bias"`` moves each router's selection bias by
-    ``bias_gamma`` after every step (auxiliary-loss-free). Losses are averaged over the MoE layers."""
+    ``bias_gamma`` after every step (auxiliary-loss-free). Losses are averaged over the MoE layers. The validation
+    loss is measured on ``eval_batches`` batches after the last step, and every ``eval_every`` steps (0: only at the
+    end)."""
 
     steps: int = 300
     batch_size: int = 16
@@ -69,6 +71,7 @@ class TrainConfig:
     z_weight: float = 0.001
     bias_gamma: float = 0.001
     eval_batches: int = 8
+    eval_every: int = 0
     progress: bool = True
 
     def __post_init__(self):
@@ -80,6 +83,7 @@ class TrainConfig:
         for name in ("aux_weight", "z_weight", "bias_gamma"):
             check_number(name, getattr(self, name))
         check_positive_int("eval_batches", self.eval_batches)
+        check_non_negative_int("eval_every", self.eval_every)
         check_bool("progress", self.progress)
 
 
@@ -87,7 +91,9 @@ class TrainConfig:
 class History:
     """Per step: ``loss`` (language-model loss), ``aux_loss`` and ``z_loss`` (mean over MoE layers, whether or
     not they were trained on), and per MoE layer ``counts`` [E] (pairs each expert processed), ``entropy`` and
-    ``dropped`` (pairs dropped by a capacity limit). ``val_loss`` is measured after the last step."""
+    ``dropped`` (pairs dropped by a capacity limit). ``val_loss`` is measured after the last step; ``evals`` holds
+    the losses measured every ``eval_every`` steps and at the end: ``evals["step"]``, ``evals["val"]`` and one list
+    per watched token stream."""
 
     loss: list = field(default_factory=list)
     aux_loss: list = field(default_factory=list)
@@ -96,6 +102,7 @@ class History:
     entropy: list = field(default_factory=list)
     dropped: list = field(default_factory=list)
     val_loss: float = float("nan")
+    evals: dict = field(default_factory=dict)
 
     def counts_tensor(self) -> torch.Tensor:
         """The per-expert counts as one tensor [steps, layers, E]."""
@@ -137,12 +144,20 @@ def evaluate(model: TinyLM, ids: torch.Tensor, batch_size: int, n_batches: int, 
 
 
 @torch_threads(THREADS)
-def train(model: TinyLM, train_ids: torch.Tensor, val_ids: torch.Tensor, config: TrainConfig) -> History:
-    """AdamW on random batches of ``train_ids``; the same seed gives the same history.
+def train(
+    model: TinyLM, train_ids: torch.Tensor, val_ids: torch.Tensor, config: TrainConfig, watch: dict | None = None
+) -> History:
+    """AdamW on random batches of ``train_ids``; the same seed gives the same history. ``watch``: more token
+    streams, by name, whose loss is measured whenever the validation loss is (``history.evals[name]``); measuring
+    changes nothing in the training.
 
     Stops with a ``FloatingPointError`` at the first step whose loss is not finite (NaN or inf), before that step
     changes the model: lower ``lr`` (or the balancing weights) and train again."""
     check_model_and_ids(model, train_ids=train_ids, val_ids=val_ids)
+    watch = {} if watch is None else watch
+    if not isinstance(watch, dict) or "step" in watch or "val" in watch:
+        raise ValueError("watch must be a dict of token streams by name (other than 'step' and 'val'), or None")
+    check_model_and_ids(model, **{f"watch[{name!r}]": ids for name, ids in watch.items()})
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
     c = config
@@ -184,5 +199,14 @@ def train(model: TinyLM, train_ids: torch.Tensor, val_ids: torch.Tensor, config:
         history.counts.append([layer.last_stats.counts for layer in layers])
         history.entropy.append([router_entropy(layer.last_routing.probs.detach()) for layer in layers])
         history.dropped.append([layer.last_stats.dropped_pairs for layer in layers])
-    history.val_loss = evaluate(model, val_ids, c.batch_size, c.eval_batches)
+        if step == c.steps or (c.eval_every and step % c.eval_every == 0):
+            record_evals(history, step, model, dict(val=val_ids, **watch), c)
+    history.val_loss = history.evals["val"][-1]
     return history
+
+
+def record_evals(history: History, step: int, model: TinyLM, streams: dict, c: TrainConfig) -> None:
+    """Append ``step`` and the loss on each stream (the same batches every time) to ``history.evals``."""
+    history.evals.setdefault("step", []).append(step)
+    for name, ids in streams.items():
+        history.evals.setdefault(name, []).append(evaluate(model, ids, c.batch_size, c.eval_batches))

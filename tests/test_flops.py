@@ -1,7 +1,11 @@
 import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from moe_course.config import MoEConfig
 from moe_course.flops import (
+    forward_flops,
+    training_flops,
     MIXTRAL_8X7B,
     ModelConfig,
     count_model_params,
@@ -16,6 +20,7 @@ from moe_course.flops import (
     per_token_time,
 )
 from moe_course.layer import MoELayer
+from moe_course.model import TinyLM, TinyLMConfig
 
 D, F = 4096, 14336
 
@@ -110,6 +115,8 @@ def test_per_token_time():
         (lambda: ModelConfig(100, 64, 2, n_heads=5, n_kv_heads=5, d_ff=128, E=8, k=2), "n_heads"),
         (lambda: flop_matched_dense_d_ff(0, k=2), "d_ff"),
         (lambda: param_matched_dense_d_ff(128, E=0), "E"),
+        (lambda: forward_flops(MIXTRAL_8X7B, 0), "seq_len"),
+        (lambda: training_flops(MIXTRAL_8X7B, 64, -1), "sequences"),
     ],
 )
 def test_bad_arguments_are_named(call, name):
@@ -141,3 +148,34 @@ def test_a_gated_shared_expert_of_its_own_width_is_counted_as_built():
     base = dict(vocab_size=100, d_model=16, n_layers=2, n_heads=4, n_kv_heads=4, d_ff=8, E=8, k=2, s=1)
     parts = count_model_params(ModelConfig(**base, shared_d_ff=24, shared_gate=True))
     assert parts["experts"] == 2 * (8 * 3 * 16 * 8 + shared)
+
+
+def causal_attention_flops(n_layers: int, n_heads: int, head_dim: int, S: int) -> int:
+    """Position by position: the token at i scores i + 1 keys and sums i + 1 values, 2 FLOPs per product."""
+    return n_layers * n_heads * sum(2 * 2 * (i + 1) * head_dim for i in range(S))
+
+
+@pytest.mark.parametrize("ffn, shared", [("moe", 0), ("moe", 1), ("dense", 0)])
+def test_forward_and_training_flops_are_what_torch_counts(ffn, shared):
+    """torch's FLOP counter sees every matrix product of a real forward and backward (not attention's scores on a
+    CPU): ours must equal its count plus causal attention, with the router and the tied LM head included."""
+    moe = MoEConfig(32, 24, E=4, k=2, backend="loop", n_shared=shared)
+    config = TinyLMConfig(vocab_size=30, seq_len=16, n_layers=2, n_heads=4, ffn=ffn, moe=moe)
+    torch.manual_seed(0)
+    model = TinyLM(config)
+    S, sequences = 16, 3
+    idx = torch.randint(30, (sequences, S))
+    with FlopCounterMode(display=False) as forward:
+        loss = model(idx).square().mean()
+    with FlopCounterMode(display=False) as backward:
+        loss.backward()
+    attention = causal_attention_flops(2, 4, 8, S)
+    c = config.model_config()
+    assert forward_flops(c, S) * sequences == forward.get_total_flops() + attention * sequences
+    assert training_flops(c, S, sequences) == forward.get_total_flops() + backward.get_total_flops() + 3 * attention * sequences
+
+
+def test_the_router_s_flops_are_counted():
+    base = dict(vocab_size=100, d_model=16, n_layers=2, n_heads=4, n_kv_heads=4, d_ff=8, E=8, k=2)
+    one_gate, two_gates = ModelConfig(**base), ModelConfig(**base, router_gates=2)
+    assert forward_flops(two_gates, 10) - forward_flops(one_gate, 10) == 2 * 16 * 8 * 2 * 10

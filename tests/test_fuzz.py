@@ -122,6 +122,7 @@ BAD = {
     "idx float": (lambda: LM(torch.zeros(1, 4)), "idx"),
     "TinyLM config dict": (lambda: TinyLM({"vocab_size": VOCAB}), "config"),
     "eval_batches=0": (lambda: TrainConfig(eval_batches=0), "eval_batches"),
+    "eval_every=-1": (lambda: TrainConfig(eval_every=-1), "eval_every"),
     "aux_weight=nan": (lambda: TrainConfig(aux_weight=NAN), "aux_weight"),
     "lr=0": (lambda: TrainConfig(lr=0), "lr"),
     "lr=inf": (lambda: TrainConfig(lr=INF), "lr"),

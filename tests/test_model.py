@@ -51,6 +51,22 @@ def test_training_is_reproducible_and_learns(balance):
     assert len(a.entropy) == len(a.aux_loss) == len(a.z_loss) == 30
 
 
+def test_periodic_evaluation_records_every_stream_and_changes_nothing():
+    config = TrainConfig(steps=10, batch_size=4, progress=False)
+    plain_model, watched_model = small(), small()
+    plain = train(plain_model, TRAIN, VAL, config)
+    watched = train(watched_model, TRAIN, VAL, TrainConfig(**{**config.__dict__, "eval_every": 4}), {"head": TRAIN[:5000]})
+    assert watched.loss == plain.loss and watched.val_loss == plain.val_loss
+    assert all(torch.equal(a, b) for a, b in zip(plain_model.state_dict().values(), watched_model.state_dict().values()))
+    assert watched.evals["step"] == [4, 8, 10] and plain.evals["step"] == [10]
+    assert watched.evals["val"][-1] == watched.val_loss
+    assert watched.evals["head"][-1] == evaluate(watched_model, TRAIN[:5000], 4, config.eval_batches)
+    with pytest.raises(ValueError, match=r"^watch\b"):
+        train(small(), TRAIN, VAL, config, {"val": VAL})
+    with pytest.raises(ValueError, match=r"^watch\['short'\]"):
+        train(small(), TRAIN, VAL, config, {"short": VAL[:10]})
+
+
 def test_bias_balancing_moves_the_router_bias():
     model = small()
     train(model, TRAIN, VAL, TrainConfig(steps=5, batch_size=4, balance="bias", progress=False))
