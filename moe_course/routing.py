@@ -415,7 +415,12 @@ class Router(nn.Module):
         """:meth:`forward` without checking x (the MoE layer checked it)."""
         if self.training and self.jitter_eps > 0:
             x = _jitter(x, self.jitter_eps)
-        logits, s = self.gate(x), self.settings
+        return self.select(self.gate(x), x)
+
+    def select(self, logits: torch.Tensor, x: torch.Tensor) -> Routing:
+        """The routing method on the gate's ``logits: [T, E]`` of x (which the noise gate and expert choice's
+        capacity read), unchecked: :meth:`route` without the gate's product."""
+        s = self.settings
         if self.method == "topk":
             return _top_k(logits, self.k, s["order"], s["renormalize"], self.bias)
         if self.method == "noisy_topk":

@@ -1,5 +1,7 @@
-"""The course's text data: the shipped corpus, a character-level tokenizer, and random training batches."""
+"""The course's text data: the shipped corpus, a character-level tokenizer, random training batches, and two
+labellings of its characters (the kind of text around each one, its character class)."""
 
+import re
 from pathlib import Path
 
 import torch
@@ -56,3 +58,87 @@ def get_batch(ids: torch.Tensor, batch_size: int, seq_len: int, generator: torch
     x = torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
     y = torch.stack([ids[s + 1 : s + 1 + seq_len] for s in starts.tolist()])
     return x, y
+
+
+TEXT_KINDS = ("prose", "arithmetic", "code", "weather")
+
+
+def lines_of(line: str) -> re.Pattern:
+    """A block of one or more lines that each match the pattern ``line``."""
+    return re.compile(rf"{line}(\n{line})*")
+
+
+# The block formats of data/make_corpus.py, matched against a whole block (its lines without the newlines after them)
+BLOCK_FORMATS = {
+    "arithmetic": lines_of(r"\d+ [-+*] \d+ = -?\d+"),  # "12 * 7 = 84"
+    "code": re.compile(r"def \w+\(.*\):(\n    .*)+"),  # a def line, then its indented body
+    "weather": lines_of(r"\d{4}-\d\d-\d\d .*"),  # "2024-03-17 temp 12.5C wind 20 km/h rain 40%"
+}
+
+
+def check_text(text) -> str:
+    """Return ``text`` if it is a str, else raise ``ValueError`` naming it."""
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a str, got {type(text).__name__}")
+    return text
+
+
+def kind_of(block: str) -> int:
+    """The index in TEXT_KINDS of a block (its lines, without the newlines after them)."""
+    for kind, block_format in BLOCK_FORMATS.items():
+        if block_format.fullmatch(block):
+            return TEXT_KINDS.index(kind)
+    return TEXT_KINDS.index("prose")
+
+
+def text_kinds(text: str) -> torch.Tensor:
+    r"""str -> [len(text)] int64: the index in TEXT_KINDS of the kind of block each character belongs to.
+
+    Blocks are separated by blank lines, as ``data/make_corpus.py`` writes them: each block's lines, the last one
+    ending in "\n", then one more "\n". Every newline after a block's last line belongs to that block, so a block
+    owns the blank line that separates it from the next; newlines at the very start of the text end no block in it
+    and count as prose.
+
+    A block is arithmetic if each line is ``a op b = c`` (op one of + - *), weather if each line starts with a date
+    ``YYYY-MM-DD`` and a space, code if it is a ``def`` line followed by lines indented by four spaces, and prose
+    otherwise: the generator's prose is one line of sentences, and prose is also the fallback for text in none of
+    these formats, such as a block cut in two by slicing the text. Label the whole corpus, then slice the labels.
+    """
+    check_text(text)
+    # cut where a block starts after a blank line: each piece is one block and the newlines after it
+    pieces = re.split(r"(?<=\n\n)(?=[^\n])", text)
+    kinds = torch.tensor([kind_of(piece.strip("\n")) for piece in pieces])
+    return kinds.repeat_interleave(torch.tensor([len(piece) for piece in pieces]))
+
+
+CHAR_CLASSES = ("letter", "digit", "space", "newline", "punctuation", "operator")
+OPERATORS = set("+-*/=%<>")
+
+
+def char_class(c: str) -> int:
+    """The index in CHAR_CLASSES of the character ``c``."""
+    if c == "\n":
+        name = "newline"
+    elif c in " \t":
+        name = "space"
+    elif c in OPERATORS:
+        name = "operator"
+    elif c.isalpha():
+        name = "letter"
+    elif c.isdigit():
+        name = "digit"
+    else:
+        name = "punctuation"
+    return CHAR_CLASSES.index(name)
+
+
+def char_classes(text: str) -> torch.Tensor:
+    r"""str -> [len(text)] int64: the index in CHAR_CLASSES of each character's class.
+
+    newline: "\n"; space: " " and tab; operator: one of ``+-*/=%<>`` (so also the hyphens of a date and the "/" of
+    "km/h"); letter: ``str.isalpha``; digit: ``str.isdigit``; punctuation: every other character (``.,:()[]_``,
+    other whitespace such as "\r").
+    """
+    check_text(text)
+    classes = {c: char_class(c) for c in set(text)}
+    return torch.tensor([classes[c] for c in text], dtype=torch.int64)

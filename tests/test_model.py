@@ -55,9 +55,11 @@ def test_periodic_evaluation_records_every_stream_and_changes_nothing():
     config = TrainConfig(steps=10, batch_size=4, progress=False)
     plain_model, watched_model = small(), small()
     plain = train(plain_model, TRAIN, VAL, config)
-    watched = train(watched_model, TRAIN, VAL, TrainConfig(**{**config.__dict__, "eval_every": 4}), {"head": TRAIN[:5000]})
+    every_4 = TrainConfig(**{**config.__dict__, "eval_every": 4})
+    watched = train(watched_model, TRAIN, VAL, every_4, {"head": TRAIN[:5000]})
     assert watched.loss == plain.loss and watched.val_loss == plain.val_loss
-    assert all(torch.equal(a, b) for a, b in zip(plain_model.state_dict().values(), watched_model.state_dict().values()))
+    states = plain_model.state_dict(), watched_model.state_dict()
+    assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
     assert watched.evals["step"] == [4, 8, 10] and plain.evals["step"] == [10]
     assert watched.evals["val"][-1] == watched.val_loss
     assert watched.evals["head"][-1] == evaluate(watched_model, TRAIN[:5000], 4, config.eval_batches)

@@ -18,7 +18,7 @@ from moe_course.config import MoEConfig
 from moe_course.env import has_triton
 from moe_course.factory import MoE
 from moe_course.model import TinyLMConfig
-from moe_course.parallel import AllToAllExchange, dispatch_bytes, run_workers
+from moe_course.parallel import AllToAllExchange, dispatch_bytes, exchange_bytes_per_token, run_workers
 from moe_course.parallel.workers import (
     build_case,
     case_capacity,
@@ -195,6 +195,19 @@ def test_dispatch_bytes_cost_model():
     assert dispatch_bytes(indices, 8, 2, 4096, 2, keep) == [3 * 8192, 1 * 8192]
     with pytest.raises(ValueError, match="P=3"):
         dispatch_bytes(indices, 8, 3, 4096, 2)
+
+
+def test_bytes_per_token_is_the_dispatch_cost_model_under_even_routing():
+    """Every expert chosen equally often: each rank receives the same rows, and per token the off-rank share of a
+    dispatch, sent twice (dispatch and combine), is the per-token model."""
+    E, P, k, T, d = 8, 4, 2, 64, 16
+    indices = torch.arange(T * k).remainder(E).reshape(T, k)  # rank r sends these rows from its T tokens
+    sent = dispatch_bytes(indices, E, P, d, 2)
+    assert len(set(sent)) == 1
+    off_rank = sum(sent) - sent[0]  # from the point of view of rank 0, the rows for the other ranks
+    assert exchange_bytes_per_token(d, k, P, 2) == 2 * off_rank / T
+    with pytest.raises(ValueError, match="^element_size"):
+        exchange_bytes_per_token(d, k, P, 0)
 
 
 def test_expert_parallel_groups_inside_a_larger_world():

@@ -12,7 +12,7 @@ inside a data-parallel world.
 
 from .comm import all_to_all, exchange_counts, expert_parallel_group, expert_replica_group
 from .data import average_gradients, shard_state_dict
-from .exchange import AllToAllExchange, dispatch_bytes, run_local_experts
+from .exchange import AllToAllExchange, dispatch_bytes, exchange_bytes_per_token, run_local_experts
 from .launch import run_workers
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "all_to_all",
     "average_gradients",
     "dispatch_bytes",
+    "exchange_bytes_per_token",
     "exchange_counts",
     "expert_parallel_group",
     "expert_replica_group",

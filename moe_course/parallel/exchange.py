@@ -12,7 +12,7 @@ built with another E would otherwise read garbage counts.
 import torch
 import torch.distributed as dist
 
-from ..checks import check_positive_int
+from ..checks import check_number, check_positive_int
 from ..dispatch import group_pairs, permute, unpermute_and_combine
 from ..exchange import Traffic
 from ..experts import Experts
@@ -41,6 +41,16 @@ def dispatch_bytes(indices: torch.Tensor, E: int, P: int, d_model: int, element_
     experts = indices.reshape(-1) if keep is None else indices[keep]
     rows = torch.bincount(torch.div(experts, E // P, rounding_mode="floor"), minlength=P)
     return [int(r) * d_model * element_size for r in rows]
+
+
+def exchange_bytes_per_token(d_model: int, k: int, P: int, element_size: float) -> float:
+    """Lesson 07's cost model under even routing: bytes one token sends to other ranks in one MoE layer's forward,
+    the dispatch and the combine, each ``k · d_model · element_size`` bytes of which (P - 1)/P leave the rank."""
+    check_positive_int("d_model", d_model)
+    check_positive_int("k", k)
+    check_positive_int("P", P)
+    check_number("element_size", element_size, positive=True)
+    return 2 * k * d_model * element_size * (P - 1) / P
 
 
 class AllToAllExchange:

@@ -1,0 +1,48 @@
+"""The experiments' results files: JSON in ``data/results/``, each with what made it.
+
+A file holds ``results`` (the numbers, the same for the same settings and seeds), ``settings`` and ``seeds`` (how to
+make them again), ``provenance`` (the git commit, torch's version) and ``timing`` (seconds per part: they vary from
+run to run, so they stay out of ``results``).
+"""
+
+import json
+import subprocess
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parents[2] / "data" / "results"
+
+
+def git_commit(repo: Path = RESULTS.parents[1]) -> str:
+    """The commit checked out in ``repo``, with ``+changes`` when the working tree differs from it; ``unknown``
+    outside a git checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("+changes" if status.stdout.strip() else "")
+
+
+def write_results(path: Path, results: dict, settings: dict, seeds: list, timing: dict) -> Path:
+    """Write the file at ``path`` (its folder created if need be) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "provenance": {"commit": git_commit(), "torch": torch.__version__},
+        "settings": settings,
+        "seeds": seeds,
+        "timing": timing,
+        "results": results,
+    }
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    return path
+
+
+def read_results(path: Path) -> dict:
+    """The whole file at ``path``, as written by :func:`write_results`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"path {path} is not a results file: run `python -m moe_course.experiments capstone` first")
+    return json.loads(path.read_text())
