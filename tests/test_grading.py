@@ -424,6 +424,53 @@ RECALL_OVER_GUESSES = """def prefetch_recall(guessed, chosen):
     hit = (chosen[:, :, None] == guessed[:, None, :]).any(dim=-1)
     return hit.sum().item() / guessed.numel()  # divides by the guesses, not the chosen pairs
 """
+TRAINING_FLOPS_ALL_EXPERTS = """def training_flops(d_model, d_ff, E, k, n_layers, vocab_size, tokens):
+    router = d_model * E if E > 1 else 0
+    per_layer = 4 * d_model * d_model + router + E * 3 * d_model * d_ff  # all E experts: stored, not active
+    return 6 * (n_layers * per_layer + vocab_size * d_model) * tokens
+"""
+TRAINING_FLOPS_NO_ROUTER = """def training_flops(d_model, d_ff, E, k, n_layers, vocab_size, tokens):
+    per_layer = 4 * d_model * d_model + k * 3 * d_model * d_ff  # the router's d_model · E weights left out
+    return 6 * (n_layers * per_layer + vocab_size * d_model) * tokens
+"""
+FLOP_MATCHED_BY_E = """def flop_matched_moe(d_model, d_ff, n_layers, E, k):
+    if k > E:
+        raise ValueError(f"E must be at least k, got E={E}, k={k}")
+    if d_ff % k:
+        raise ValueError(f"k must divide d_ff, got k={k}, d_ff={d_ff}")
+    return {"d_model": d_model, "d_ff": d_ff // E, "E": E, "k": k, "n_layers": n_layers}  # parameter-matched
+"""
+MI_NAN_ON_EMPTY_CELLS = """import torch
+def mutual_information_bits(counts):
+    p = counts.double() / counts.sum()
+    independent = p.sum(dim=1, keepdim=True) * p.sum(dim=0, keepdim=True)
+    return float((p * torch.log2(p / independent)).sum())  # 0 · log 0 gives NaN
+"""
+MI_MARGINALS_SWAPPED = """import torch
+def mutual_information_bits(counts):
+    p = counts.double() / counts.sum()
+    px, py = p.sum(dim=0), p.sum(dim=1)  # swapped: the column sums are the labels' marginal, not the experts'
+    independent = px[:, None] * py[None, :]
+    seen = p > 0
+    return float((p[seen] * torch.log2(p[seen] / independent[seen])).sum())
+"""
+FLIPS_COUNT_SLOTS = """def count_flips(indices_a, indices_b):
+    a, b = indices_a.sort(dim=1).values, indices_b.sort(dim=1).values
+    return int((a != b).sum())  # (token, slot) pairs, not tokens
+"""
+DECISION_IGNORES_LINK = """def dense_or_moe(memory_bytes, moe_bytes, batch_tokens, E, k, d_ff, hbm_bandwidth,
+                 link_bandwidth, peak_flops, bytes_per_param=2):
+    fits = moe_bytes <= memory_bytes
+    compute_bound = batch_tokens * k / E >= bytes_per_param * peak_flops / (2 * hbm_bandwidth)
+    return "moe" if fits and compute_bound else "dense"  # the exchange is never checked
+"""
+DECISION_E_K_SWAPPED = """def dense_or_moe(memory_bytes, moe_bytes, batch_tokens, E, k, d_ff, hbm_bandwidth,
+                 link_bandwidth, peak_flops, bytes_per_param=2):
+    fits = moe_bytes <= memory_bytes
+    compute_bound = batch_tokens * E / k >= bytes_per_param * peak_flops / (2 * hbm_bandwidth)  # B·E/k, not B·k/E
+    exchange_hidden = link_bandwidth >= bytes_per_param * peak_flops / (3 * d_ff)
+    return "moe" if fits and compute_bound and exchange_hidden else "dense"
+"""
 MISTAKES = {
     "03_routing": {
         "ec_softmax_over_tokens": ("expert_choice", EXPERT_CHOICE_SOFTMAX_OVER_TOKENS, ["test_expert_choice"]),
@@ -464,6 +511,16 @@ MISTAKES = {
         "lru_evicts_most_recent": ("lru", LRU_EVICTS_MOST_RECENT, ["test_lru"]),
         "distinct_swapped": ("distinct", DISTINCT_SWAPPED, ["test_distinct"]),
         "recall_over_guesses": ("recall", RECALL_OVER_GUESSES, ["test_recall"]),
+    },
+    "09_capstone": {  # each passes the visible tests
+        "all_experts": ("training_flops", TRAINING_FLOPS_ALL_EXPERTS, ["test_training_flops"]),
+        "no_router": ("training_flops", TRAINING_FLOPS_NO_ROUTER, ["test_training_flops"]),
+        "divides_by_E": ("flop_matched", FLOP_MATCHED_BY_E, ["test_flop_matched"]),
+        "nan_on_empty_cells": ("mutual_information", MI_NAN_ON_EMPTY_CELLS, ["test_mutual_information"]),
+        "marginals_swapped": ("mutual_information", MI_MARGINALS_SWAPPED, ["test_mutual_information"]),
+        "counts_slots": ("count_flips", FLIPS_COUNT_SLOTS, ["test_count_flips"]),
+        "ignores_link": ("dense_or_moe", DECISION_IGNORES_LINK, ["test_dense_or_moe"]),
+        "e_k_swapped": ("dense_or_moe", DECISION_E_K_SWAPPED, ["test_dense_or_moe"]),
     },
 }
 

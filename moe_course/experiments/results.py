@@ -15,11 +15,12 @@ RESULTS = Path(__file__).resolve().parents[2] / "data" / "results"
 
 
 def git_commit(repo: Path = RESULTS.parents[1]) -> str:
-    """The commit checked out in ``repo``, with ``+changes`` when the working tree differs from it; ``unknown``
-    outside a git checkout."""
+    """The commit checked out in ``repo``, with ``+changes`` when a tracked file differs from it (new files, such as
+    the results being written, do not count); ``unknown`` outside a git checkout."""
+    git = dict(cwd=repo, capture_output=True, text=True, check=True)
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], **git)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **git)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit.stdout.strip() + ("+changes" if status.stdout.strip() else "")
