@@ -22,6 +22,8 @@
 - ``model``    a tiny decoder-only language model with dense or MoE FFNs
 - ``train``    its seeded training loop, with balancing, recording what the routers do
 - ``serving``  decoding with a KV cache, routing traces, expert caches, offloading, prefetch, the memory model
+- ``experiments`` the capstone's experiments (equal compute, specialization, precision, fine-tuning, the bill) and
+               their results files
 - ``env``      what this machine can run
 - ``grading``  self-check a learner's assignment with nbgrader
 - ``workspace`` the learner's copies of the lessons and exercises, which the course never tracks

@@ -59,8 +59,8 @@ class TrainConfig:
     """``balance``: ``"none"``; ``"aux"`` adds ``aux_weight`` × the Switch loss; ``"seq_aux"`` its per-sequence
     variant; ``"z+aux"`` adds ``z_weight`` × the z-loss too; ``"bias"`` moves each router's selection bias by
     ``bias_gamma`` after every step (auxiliary-loss-free). Losses are averaged over the MoE layers. The validation
-    loss is measured on ``eval_batches`` batches after the last step, and every ``eval_every`` steps (0: only at the
-    end)."""
+    loss is measured on ``eval_batches`` batches after the last step, and with ``eval_every`` > 0 also before the
+    first step and every ``eval_every`` steps."""
 
     steps: int = 300
     batch_size: int = 16
@@ -92,8 +92,8 @@ class History:
     """Per step: ``loss`` (language-model loss), ``aux_loss`` and ``z_loss`` (mean over MoE layers, whether or
     not they were trained on), and per MoE layer ``counts`` [E] (pairs each expert processed), ``entropy`` and
     ``dropped`` (pairs dropped by a capacity limit). ``val_loss`` is measured after the last step; ``evals`` holds
-    the losses measured every ``eval_every`` steps and at the end: ``evals["step"]``, ``evals["val"]`` and one list
-    per watched token stream."""
+    the losses measured before the first step, every ``eval_every`` steps and at the end: ``evals["step"]``,
+    ``evals["val"]`` and one list per watched token stream."""
 
     loss: list = field(default_factory=list)
     aux_loss: list = field(default_factory=list)
@@ -167,6 +167,8 @@ def train(
     g = torch.Generator().manual_seed(c.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr)
     history = History()
+    if c.eval_every:  # where the curves start
+        record_evals(history, 0, model, dict(val=val_ids, **watch), c)
     model.train()
     for step in tqdm(range(1, c.steps + 1), disable=not c.progress, desc=f"training ({c.balance})"):
         x, y = get_batch(train_ids, c.batch_size, model.config.seq_len, g)

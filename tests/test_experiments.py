@@ -54,8 +54,8 @@ def test_a_run_is_charged_the_flops_its_training_steps_do(name):
         steps=4, batch_size=4, eval_every=2, eval_batches=1, balance="aux" if name == "moe" else "none"
     )
     model, record = train_model(name, config, 3, settings, (TRAIN, VAL))
-    assert record["steps"] == [2, 4] and len(record["val_loss"]) == 2
-    assert record["training_flops"] == [2 * per_step, 4 * per_step]
+    assert record["steps"] == [0, 2, 4] and len(record["val_loss"]) == 3
+    assert record["training_flops"] == [0, 2 * per_step, 4 * per_step]
     assert record["params_total"] == sum(p.numel() for p in model.parameters())
 
 
@@ -81,8 +81,8 @@ def test_fine_tuning_records_every_stream_and_the_moe_s_load_counts_every_choice
         torch.manual_seed(0)
         model = TinyLM(configs[name])
         record = fine_tune(model, streams, settings)
-        assert record["steps"] == [2, 4]
-        assert all(len(record[stream]) == 2 for stream in ("slice", "held_out", "other"))
+        assert record["steps"] == [0, 2, 4]
+        assert all(len(record[stream]) == 3 for stream in ("slice", "held_out", "other"))
         assert ("load" in record) == (name == "moe")
     load = record["load"]["after"]["other"]
     windows = len(streams["other"]) // 16

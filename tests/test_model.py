@@ -60,7 +60,7 @@ def test_periodic_evaluation_records_every_stream_and_changes_nothing():
     assert watched.loss == plain.loss and watched.val_loss == plain.val_loss
     states = plain_model.state_dict(), watched_model.state_dict()
     assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
-    assert watched.evals["step"] == [4, 8, 10] and plain.evals["step"] == [10]
+    assert watched.evals["step"] == [0, 4, 8, 10] and plain.evals["step"] == [10]
     assert watched.evals["val"][-1] == watched.val_loss
     assert watched.evals["head"][-1] == evaluate(watched_model, TRAIN[:5000], 4, config.eval_batches)
     with pytest.raises(ValueError, match=r"^watch\b"):
