@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from moe_course.config import MoEConfig
 from moe_course.experiments.bill import bill
-from moe_course.experiments.capstone import QUICK, run_capstone
+from moe_course.experiments.capstone import QUICK, CapstoneSettings, run_capstone
 from moe_course.experiments.finetune import expert_load, fine_tune, slice_streams
 from moe_course.experiments.results import git_commit, read_results, write_results
 from moe_course.experiments.scaling import MODELS, corpus_ids, equal_compute_configs, train_model
@@ -138,3 +138,28 @@ def test_the_capstone_is_reproducible_whatever_the_number_of_jobs(tmp_path):
         "all",
     }
     assert timing["total"] > 0
+
+
+@pytest.mark.parametrize(
+    "change, name",
+    [
+        (dict(seeds=()), "seeds"),
+        (dict(seeds=(0, -1)), "seeds"),
+        (dict(steps=0), "steps"),
+        (dict(finetune_lr=0.0), "lr"),
+        (dict(shuffles=0), "shuffles"),
+        (dict(scales=(1.0, float("nan"))), "scales"),
+        (dict(finetune_kind="poetry"), "finetune_kind"),
+        (dict(expert_parallel_ranks=0), "expert_parallel_ranks"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_training(change, name):
+    with pytest.raises(ValueError, match=f"^{name}"):
+        CapstoneSettings(**change)
+
+
+def test_run_capstone_refuses_what_is_not_its_settings():
+    with pytest.raises(ValueError, match="^settings"):
+        run_capstone({"steps": 10})
+    with pytest.raises(ValueError, match="^jobs"):
+        run_capstone(QUICK, jobs=0)

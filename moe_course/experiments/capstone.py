@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from ..checks import check_positive_int
+from ..checks import check_choice, check_number, check_positive_int
 from ..flops import MIXTRAL_8X7B
 from ..losses import z_loss
 from ..model import TinyLM, TinyLMConfig
 from ..text import CHAR_CLASSES, TEXT_KINDS, char_classes, load_corpus, text_kinds
-from ..train import TrainConfig
+from ..train import TrainConfig, check_seed
 from .bill import bill
 from .finetune import fine_tune, slice_streams
 from .precision import PARTS, router_inputs, routing_flips
@@ -57,9 +57,29 @@ class CapstoneSettings:
     mixtral_context: int = 4096
     expert_parallel_ranks: int = 8
 
+    def __post_init__(self):
+        # checked before any training: a bad setting must not surface a quarter of an hour in
+        if not isinstance(self.seeds, tuple) or not self.seeds:
+            raise ValueError(f"seeds must be a non-empty tuple of seeds, got {self.seeds!r}")
+        for seed in self.seeds:
+            check_seed("seeds", seed)
+        self.train_config()
+        self.finetune_config()
+        for name in ("shuffles", "finetune_chars", "mixtral_context", "expert_parallel_ranks"):
+            check_positive_int(name, getattr(self, name))
+        if not isinstance(self.scales, tuple) or not self.scales:
+            raise ValueError(f"scales must be a non-empty tuple of gate scales, got {self.scales!r}")
+        for scale in self.scales:
+            check_number("scales", scale, positive=True)
+        check_choice("finetune_kind", self.finetune_kind, TEXT_KINDS)
+
     def train_config(self) -> TrainConfig:
         return TrainConfig(self.steps, self.batch_size, self.lr, eval_every=self.eval_every,
                            eval_batches=self.eval_batches, progress=False)  # fmt: skip
+
+    def finetune_config(self) -> TrainConfig:
+        return TrainConfig(self.finetune_steps, self.batch_size, self.finetune_lr, seed=0,
+                           eval_every=self.finetune_every, eval_batches=self.eval_batches, progress=False)  # fmt: skip
 
 
 QUICK = CapstoneSettings(steps=20, seeds=(0, 1), eval_every=10, eval_batches=2, shuffles=3, finetune_steps=10,
@@ -143,8 +163,7 @@ def precision_results(models: dict, val_ids, settings: CapstoneSettings) -> dict
 def finetune_results(models: dict, data: tuple, settings: CapstoneSettings) -> dict:
     """The seed-0 dense and MoE models, each fine-tuned on a copy, on the same slice."""
     streams = slice_streams(*data, settings.finetune_kind, settings.finetune_chars)
-    base = TrainConfig(settings.finetune_steps, settings.batch_size, settings.finetune_lr, seed=0,
-                       eval_every=settings.finetune_every, eval_batches=settings.eval_batches)  # fmt: skip
+    base = settings.finetune_config()
     return {
         name: fine_tune(copy.deepcopy(models[name]), streams, replace(base, balance=BALANCE[name]))
         for name in ("dense", "moe")
@@ -153,6 +172,8 @@ def finetune_results(models: dict, data: tuple, settings: CapstoneSettings) -> d
 
 def run_capstone(settings: CapstoneSettings = CapstoneSettings(), jobs: int = 1) -> tuple:
     """All five experiments -> (results, timing)."""
+    if not isinstance(settings, CapstoneSettings):
+        raise ValueError(f"settings must be a CapstoneSettings, got {type(settings).__name__}")
     check_positive_int("jobs", jobs)
     timing, start = {}, time.perf_counter()
     tokenizer, train_ids, val_ids = corpus_ids()
