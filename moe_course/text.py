@@ -48,6 +48,13 @@ def split(ids: torch.Tensor, val_fraction: float = 0.1) -> tuple:
     return ids[:n], ids[n:]
 
 
+def windows(ids: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """1-D ``ids`` cut into consecutive windows of ``seq_len`` tokens, the incomplete last one left out:
+    [len(ids) // seq_len, seq_len]."""
+    check_positive_int("seq_len", seq_len)
+    return ids[: len(ids) // seq_len * seq_len].reshape(-1, seq_len)
+
+
 def get_batch(ids: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator) -> tuple:
     """Random windows: inputs x and next-token targets y, both [batch_size, seq_len]."""
     check_positive_int("batch_size", batch_size)

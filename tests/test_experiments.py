@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from moe_course.config import MoEConfig
 from moe_course.experiments.bill import bill
 from moe_course.experiments.capstone import QUICK, CapstoneSettings, run_capstone
-from moe_course.experiments.finetune import expert_load, fine_tune, slice_streams
+from moe_course.experiments.finetune import fine_tune, load_on, slice_streams
 from moe_course.experiments.results import git_commit, read_results, write_results
 from moe_course.experiments.scaling import MODELS, corpus_ids, equal_compute_configs, train_model
 from moe_course.flops import MIXTRAL_8X7B, count_model_params, forward_flops
@@ -86,7 +86,7 @@ def test_fine_tuning_records_every_stream_and_the_moe_s_load_counts_every_choice
         assert ("load" in record) == (name == "moe")
     load = record["load"]["after"]["other"]
     windows = len(streams["other"]) // 16
-    assert torch.equal(torch.tensor(load["counts"]), expert_load(model, streams["other"]))
+    assert torch.equal(torch.tensor(load["counts"]), load_on(model, streams["other"]))
     assert all(sum(layer) == windows * 16 * 2 for layer in load["counts"])  # every token's k = 2 choices
     assert all(0 <= b <= 1 for b in load["balance"])
 

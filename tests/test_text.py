@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe_course.text import CHAR_CLASSES, TEXT_KINDS, char_classes, load_corpus, text_kinds
+from moe_course.text import CHAR_CLASSES, TEXT_KINDS, char_classes, load_corpus, text_kinds, windows
 
 
 def load_make_corpus():
@@ -87,3 +87,11 @@ def test_char_classes_of_every_class():
 def test_text_must_be_a_str(function, text):
     with pytest.raises(ValueError, match=r"^text must be a str"):
         function(text)
+
+
+def test_windows_are_consecutive_and_leave_out_the_incomplete_tail():
+    cut = windows(torch.arange(11), 4)
+    assert torch.equal(cut, torch.arange(8).view(2, 4))
+    assert windows(torch.arange(3), 4).shape == (0, 4)
+    with pytest.raises(ValueError, match="^seq_len"):
+        windows(torch.arange(8), 0)

@@ -22,7 +22,7 @@ from ..checks import check_choice, check_number, check_positive_int
 from ..flops import MIXTRAL_8X7B
 from ..losses import z_loss
 from ..model import TinyLM, TinyLMConfig
-from ..text import CHAR_CLASSES, TEXT_KINDS, char_classes, load_corpus, text_kinds
+from ..text import CHAR_CLASSES, TEXT_KINDS, char_classes, load_corpus, text_kinds, windows
 from ..train import TrainConfig, check_seed
 from .bill import bill
 from .finetune import fine_tune, slice_streams
@@ -132,8 +132,8 @@ def specialization_results(models: dict, val_ids, classes, kinds, settings: Caps
     for model_name, model in models.items():
         indices, positions = routed_experts(model, val_ids)
         layers = [{} for _ in indices]
+        top1, E = indices[..., 0], model.config.moe.E
         for name, (labels, names) in labellings.items():
-            top1, E = indices[..., 0], model.config.moe.E
             per_layer = specialization(top1, labels[positions], len(names), E, settings.shuffles, seed=0)
             for layer, result in zip(layers, per_layer, strict=True):
                 layer[name] = {**asdict(result), "counts": result.counts.tolist(), "labels": list(names)}
@@ -146,11 +146,11 @@ def precision_results(models: dict, val_ids, settings: CapstoneSettings) -> dict
     for each part run in bfloat16 (the gate's product, or all of the routing) and each gate scale, the routing
     against float32."""
     seq_len = next(iter(models.values())).config.seq_len
-    windows = val_ids[: len(val_ids) // seq_len * seq_len].view(-1, seq_len)
+    held_out = windows(val_ids, seq_len)
     results = {}
     for name, model in models.items():
         layers = []
-        for layer, x in zip(model.moe_layers(), router_inputs(model, windows), strict=True):
+        for layer, x in zip(model.moe_layers(), router_inputs(model, held_out), strict=True):
             with torch.no_grad():
                 z = z_loss(layer.router.gate(x)).item()
             flips = {part: [asdict(routing_flips(layer.router, x, scale=scale, part=part)) for scale in settings.scales]

@@ -12,7 +12,7 @@ from dataclasses import replace
 import torch
 
 from ..checks import check_choice, check_positive_int
-from ..load import balance_coefficient
+from ..load import balance_coefficient, expert_load
 from ..model import TinyLM
 from ..text import TEXT_KINDS
 from ..train import TrainConfig, train
@@ -33,11 +33,10 @@ def slice_streams(train_ids, train_kinds, val_ids, val_kinds, kind: str, chars: 
     }
 
 
-def expert_load(model: TinyLM, ids: torch.Tensor) -> torch.Tensor:
+def load_on(model: TinyLM, ids: torch.Tensor) -> torch.Tensor:
     """[L, E] (token, expert) pairs per expert of each MoE layer on the windows of ``ids``."""
     indices, _ = routed_experts(model, ids)  # [L, N, k]
-    E = model.config.moe.E
-    return torch.stack([torch.bincount(layer.reshape(-1), minlength=E) for layer in indices])
+    return torch.stack([expert_load(layer, model.config.moe.E) for layer in indices])
 
 
 def fine_tune(model: TinyLM, streams: dict, config: TrainConfig) -> dict:
@@ -45,7 +44,7 @@ def fine_tune(model: TinyLM, streams: dict, config: TrainConfig) -> dict:
     every stream each ``config.eval_every`` steps -> the curves, and for an MoE the load on the held-out streams
     before and after, with its balance coefficient per layer."""
     moe = bool(model.moe_layers())
-    loads = {"before": {name: expert_load(model, streams[name]) for name in ("held_out", "other")}} if moe else {}
+    loads = {"before": {name: load_on(model, streams[name]) for name in ("held_out", "other")}} if moe else {}
     history = train(model, streams["slice"], streams["held_out"], replace(config, progress=False), {
         "slice": streams["slice"],
         "other": streams["other"],
@@ -53,7 +52,7 @@ def fine_tune(model: TinyLM, streams: dict, config: TrainConfig) -> dict:
     record = {"steps": history.evals["step"], **{name: history.evals[name] for name in ("slice", "val", "other")}}
     record["held_out"] = record.pop("val")
     if moe:
-        loads["after"] = {name: expert_load(model, streams[name]) for name in ("held_out", "other")}
+        loads["after"] = {name: load_on(model, streams[name]) for name in ("held_out", "other")}
         record["load"] = {
             when: {name: {"counts": counts.tolist(), "balance": [balance_coefficient(c) for c in counts]}
                    for name, counts in by_stream.items()}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..checks import check_ids, check_positive_int, check_tensor
+from ..text import windows
 from ..train import THREADS, check_model_and_ids, check_seed, torch_threads
 
 
@@ -128,19 +129,18 @@ def routed_experts(model, ids: torch.Tensor, batch_size: int = 16) -> tuple:
     if len(ids) < S:
         raise ValueError(f"ids must hold at least one window of seq_len={S} tokens, got {len(ids)}")
     check_positive_int("batch_size", batch_size)
-    N = len(ids) // S * S
-    windows = ids[:N].reshape(-1, S).to(model.tok_emb.weight.device)
+    cut = windows(ids, S).to(model.tok_emb.weight.device)
     was_training = model.training
     model.eval()
     try:
         per_batch = []
-        for batch in windows.split(batch_size):
+        for batch in cut.split(batch_size):
             model(batch)
             # the routing is of the flattened batch: window after window, as ids runs
             per_batch.append(torch.stack([layer.last_routing.indices for layer in model.moe_layers()]))
     finally:
         model.train(was_training)
-    return torch.cat(per_batch, dim=1).cpu(), torch.arange(N)
+    return torch.cat(per_batch, dim=1).cpu(), torch.arange(cut.numel())
 
 
 def specialization(
