@@ -25,19 +25,18 @@ noise, and within 2× the dense FFN forward + backward at T=2048.
 
 import argparse
 import csv
-import math
 import os
 import platform
 import re
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from moe_course import env
 from moe_course.backends import DEFAULT_BACKEND, grouped_moe, loop_moe, triton_moe, vectorized_moe
 from moe_course.experts import FFN, Experts
 from moe_course.kernels import fused_experts
+from moe_course.timing import interleaved_medians
 
 SHAPES = {  # d_model, d_ff, E, k
     "mixtral": (4096, 14336, 8, 2),
@@ -274,29 +273,6 @@ def write_results(rows: list, peak_matmul: float, peak_copy: float, gpu: str, fo
     return path
 
 
-def interleaved_medians(fns: dict, repeats: int, min_seconds: float = 0.05) -> dict:
-    """name -> (median, half the interquartile range) of one call of ``fns[name]()``, in ms.
-
-    Every repeat times each function once, in an order rotated from repeat to repeat, so that a slow spell of the
-    machine (other processes) falls on all of them alike. A sample runs a fast function several times, to last at
-    least ``min_seconds``."""
-    calls = {}
-    for name, fn in fns.items():
-        fn()  # warm-up: allocations, caches, first-call dispatch
-        start = time.perf_counter()
-        fn()
-        calls[name] = max(1, math.ceil(min_seconds / (time.perf_counter() - start)))
-    names, samples = list(fns), {name: [] for name in fns}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                fns[name]()
-            samples[name].append(1e3 * (time.perf_counter() - start) / calls[name])
-    quartiles = {name: statistics.quantiles(times, n=4) for name, times in samples.items()}
-    return {name: (q[1], (q[2] - q[0]) / 2) for name, q in quartiles.items()}
-
-
 def cpu_case(T: int, d: int, f: int, E: int, k: int, repeats: int) -> dict:
     """(implementation, direction) -> (median ms, half IQR) for one shape: the plain-PyTorch backends on the same
     fp32 SwiGLU experts and uniform routing, and the dense SwiGLU FFN of width k·f (the same FLOPs)."""
@@ -352,16 +328,13 @@ def cpu_table(cases: tuple, repeats: int) -> tuple:
 
 
 def machine() -> str:
-    """The CPU, its cores and the threads torch uses, the versions, and any glibc malloc tuning (``MALLOC_*``
-    variables: a fresh large buffer costs a page fault per 4 KiB, and the MoE backends allocate many), in one line."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                      if line.startswith("model name")), model)  # fmt: skip
+    """The CPU, its cores, the kernel set and threads torch uses, the versions, and any glibc malloc tuning
+    (``MALLOC_*`` variables: a fresh large buffer costs a page fault per 4 KiB, and the MoE backends allocate many),
+    in one line."""
+    m = env.machine()
     malloc = " ".join(f"{name}={value}" for name, value in sorted(os.environ.items()) if name.startswith("MALLOC_"))
-    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} on {torch.get_num_threads()} threads, "
-            f"python {platform.python_version()}, malloc {malloc or 'default'}")  # fmt: skip
+    return (f"{m['cpu']}, {os.cpu_count()} cores, {m['cpu_capability']}, torch {m['torch']} on {m['cpu_threads']} "
+            f"threads, python {m['python']}, malloc {malloc or 'default'}")  # fmt: skip
 
 
 def main(argv=None) -> int:

@@ -1,10 +1,20 @@
-"""What this machine can run: versions, the GPU, and how Triton kernels will execute."""
+"""What this machine can run: versions, the GPU, how Triton kernels will execute, and the course's thread policy."""
 
 import os
 import platform
+import subprocess
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 
 import torch
+
+# Torch's CPU threads for everything the course runs: its matrices are small, and beside any other busy process
+# OpenMP's threads wait on each other. Measured on a 2-core machine, one thread against two (medians of 3):
+# 300 training steps of the lessons' model idle 16 s / 11 s, beside a single-threaded busy loop 17 s / 46 s, beside
+# another two-thread torch process 24 s / 56 s; lesson 08's generation cell beside a busy loop 10 s / 106 s. One
+# thread also gives the same numbers whatever the machine's core count (another count rounds differently).
+THREADS = 1
 
 
 def has_triton() -> bool:
@@ -27,20 +37,71 @@ def triton_mode() -> str:
     return "interpreter" if value.lower() in TRUE_VALUES else "native"
 
 
-def environment_report() -> dict:
-    """Python, torch and triton versions, the GPU (or None) and the Triton mode, as a dict."""
-    triton_version = None
-    if has_triton():
-        import triton
+@contextmanager
+def torch_threads(n: int):
+    """Run the block (or, as a decorator, the function) with ``n`` torch threads, then restore the caller's count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
-        triton_version = triton.__version__
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+def use_course_threads() -> int:
+    """Set torch's CPU thread count to the course's policy, :data:`THREADS`, for this process; returns it. Every
+    lesson's and exercise's set-up cell calls it, so training, generation and the timing cells all run alike."""
+    torch.set_num_threads(THREADS)
+    return THREADS
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux: ``/proc/cpuinfo``; macOS: ``sysctl``), else what ``platform`` knows."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        done = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, or None."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def machine() -> dict:
+    """What decides a CPU computation's numbers here: the processor, the kernel set PyTorch picked for it
+    (``cpu_capability``: AVX512, AVX2, DEFAULT, ...; ``ATEN_CPU_CAPABILITY`` can lower it), torch's thread count,
+    the platform and the library versions. Two machines that differ in any of these may train to other numbers."""
     return {
+        "cpu": cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "triton": triton_version,
+        "numpy": package_version("numpy"),
+        "triton": package_version("triton") if has_triton() else None,
+    }
+
+
+def environment_report() -> dict:
+    """:func:`machine`, the GPU (or None) and the Triton mode, as a dict."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    report = machine()
+    return report | {
         "gpu": gpu,
         "bf16_on_gpu": bool(gpu) and torch.cuda.is_bf16_supported(),
-        "triton_mode": triton_mode() if triton_version else "unavailable",
-        "cpu_threads": torch.get_num_threads(),
+        "triton_mode": triton_mode() if report["triton"] else "unavailable",
     }

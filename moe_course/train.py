@@ -1,7 +1,6 @@
 """Train the tiny language model, with a choice of load balancing, and record what the routers do."""
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -9,30 +8,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checks import check_bool, check_choice, check_ids, check_non_negative_int, check_number, check_positive_int
+from .env import THREADS, torch_threads
 from .load import router_entropy
 from .losses import sequence_aux_loss, switch_aux_loss, update_bias, z_loss
 from .model import TinyLM
 from .text import get_batch
 
 BALANCING = ("none", "aux", "seq_aux", "z+aux", "bias")
-
-# Torch threads for training and evaluating the tiny model. Its matrices are small: a second thread saves a third of
-# the time on an idle machine, but beside any other busy process OpenMP's threads wait on each other. 300 steps of the
-# lessons' model on a 2-core machine (medians of 3), one thread against two: idle 16 s / 11 s; beside a single-threaded
-# busy loop 17 s / 46 s; beside another two-thread torch process 24 s / 56 s. One thread also gives the same losses
-# whatever the caller's thread count (another count rounds differently).
-THREADS = 1
-
-
-@contextmanager
-def torch_threads(n: int):
-    """Run the block (or, as a decorator, the function) with ``n`` torch threads, then restore the caller's count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def check_seed(name: str, seed) -> int:

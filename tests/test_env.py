@@ -2,7 +2,7 @@ import sys
 
 import torch
 
-from moe_course.env import environment_report, has_triton, triton_mode
+from moe_course.env import THREADS, environment_report, has_triton, machine, triton_mode, use_course_threads
 
 
 def test_report_names_versions_and_mode():
@@ -32,3 +32,21 @@ def test_mode_reads_triton_interpret_as_triton_does(monkeypatch):
     assert triton_mode() == "interpreter"
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert triton_mode() == "native"
+
+
+def test_the_course_thread_policy_is_set_and_reported():
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(THREADS + 1)
+        assert use_course_threads() == THREADS == torch.get_num_threads()
+        assert environment_report()["cpu_threads"] == THREADS
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_the_machine_names_what_decides_its_numbers():
+    m = machine()
+    assert m["cpu"] and m["cpu"] != "unknown"
+    assert m["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert m["torch"] == torch.__version__ and m["platform"] and m["numpy"]
+    assert (m["triton"] is None) == (not has_triton())

@@ -2,10 +2,11 @@ import pytest
 import torch
 
 from moe_course.config import MoEConfig
+from moe_course.env import THREADS, torch_threads
 from moe_course.flops import count_model_params
 from moe_course.model import TinyLM, TinyLMConfig
 from moe_course.text import CharTokenizer, get_batch, load_corpus, split
-from moe_course.train import THREADS, TrainConfig, evaluate, torch_threads, train
+from moe_course.train import TrainConfig, evaluate, train
 
 TEXT = load_corpus()
 TOKENS = CharTokenizer(TEXT)

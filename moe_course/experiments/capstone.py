@@ -7,7 +7,7 @@
 5. the bill (:mod:`.bill`) of the three trained models and of Mixtral 8x7B.
 
 Training runs are independent, so ``jobs`` > 1 trains that many at once, in separate processes: each uses one torch
-thread (:data:`moe_course.train.THREADS`), so the numbers are the same whatever ``jobs`` is.
+thread (:data:`moe_course.env.THREADS`), so the numbers are the same whatever ``jobs`` is.
 """
 
 import copy

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from ..checks import check_ids, check_positive_int, check_tensor
+from ..env import THREADS, torch_threads
 from ..text import windows
-from ..train import THREADS, check_model_and_ids, check_seed, torch_threads
+from ..train import check_model_and_ids, check_seed
 
 
 @dataclass

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from ..backends import loop_moe
 from ..capacity import capacity_of, keep_within_capacity
 from ..config import MoEConfig
+from ..env import THREADS, torch_threads
 from ..factory import MoE
 from ..layer import MoELayer
 from ..model import TinyLM
-from ..train import THREADS, torch_threads
 from .data import average_gradients, shard_state_dict
 from .exchange import AllToAllExchange
 
