@@ -5,9 +5,18 @@ in its header; everything else runs. The header also says whether grading confin
 of that confinement skip where it is missing). On Linux Triton is part of the install (tests/test_env.py checks it).
 """
 
-import pytest
+import os
 
-from moe_course.env import has_triton
+# Every test and notebook runs on PyTorch's generic CPU kernels unless told otherwise (e.g. ATEN_CPU_CAPABILITY=avx2):
+# the lessons' outputs were made with the AVX2 or AVX-512 kernels (`make lessons` records which), so a checked output
+# that only one kind of CPU reproduces fails. Set before torch is first imported, so this process and every kernel
+# and worker it starts use it.
+os.environ.setdefault("ATEN_CPU_CAPABILITY", "default")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from moe_course.env import has_triton  # noqa: E402
 
 TRITON_ONLY = [
     "tests/test_kernels.py",
@@ -26,8 +35,11 @@ def pytest_report_header(config):
     from moe_course.grading_sandbox import abi
 
     landlock = abi()
+    capability = os.environ["ATEN_CPU_CAPABILITY"]
+    kernels = f"CPU kernels: {torch.backends.cpu.get_cpu_capability()} (ATEN_CPU_CAPABILITY={capability})"
     lines = [
-        f"Landlock ABI {landlock}: grading confines submissions" if landlock else "no Landlock: grading unconfined"
+        f"Landlock ABI {landlock}: grading confines submissions" if landlock else "no Landlock: grading unconfined",
+        kernels,
     ]
     if not has_triton():
         lines.append(f"Triton is not installed (no build for this platform): skipping {', '.join(TRITON_ONLY)}")

@@ -39,7 +39,8 @@ def workloads() -> dict:
     prompt = tokenizer.encode("The old sailor")
     x = torch.randn(2048, 64)
     experts, router = Experts(64, 64, 128), Router(64, 64, 2)
-    r = router(x).detach()
+    with torch.no_grad():
+        r = router(x)
     steps = TrainConfig(steps=30, progress=False, eval_batches=1)
 
     def block():

@@ -9,11 +9,11 @@ from importlib.util import find_spec
 
 import torch
 
-# Torch's CPU threads for everything the course runs: its matrices are small, and beside any other busy process
-# OpenMP's threads wait on each other. Measured on a 2-core machine, one thread against two (medians of 3):
-# 300 training steps of the lessons' model idle 16 s / 11 s, beside a single-threaded busy loop 17 s / 46 s, beside
-# another two-thread torch process 24 s / 56 s; lesson 08's generation cell beside a busy loop 10 s / 106 s. One
-# thread also gives the same numbers whatever the machine's core count (another count rounds differently).
+# Torch's CPU threads for everything the course runs. Its matrices are small: a second thread gains nothing on a quiet
+# machine, and beside any other busy process OpenMP's threads wait on each other. `benchmarks/bench_threads.py` on a
+# 2-core AVX2 machine, one thread against two: 30 training steps 2.3 s / 2.4 s quiet, 2.2 s / 2.5 s beside a busy
+# process; generating 48 characters 0.24 s / 0.24 s quiet, 0.24 s / 0.92 s beside it; lesson 02's loop backend at
+# E = 64 18 ms / 17 ms quiet, 20 ms / 93 ms beside it. One thread also gives the same numbers whatever the core count.
 THREADS = 1
 
 

@@ -1,0 +1,32 @@
+"""What every lesson and assignment notebook must hold for its numbers to be a learner's too."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LESSONS = sorted((REPO / "notebooks").glob("*.ipynb"))
+ASSIGNMENTS = sorted((REPO / "solutions").glob("*/*.ipynb"))
+
+
+def code_cells(path: Path) -> list[str]:
+    return ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+@pytest.mark.parametrize("path", [p for p in LESSONS + ASSIGNMENTS if not p.name.startswith("00_")], ids=str)
+def test_the_set_up_cell_sets_the_course_thread_policy(path):
+    """The first cell after the Colab cell imports the library and calls use_course_threads(), so that every cell
+    of the notebook (training, generation, timings) runs on the course's thread count."""
+    assert "use_course_threads()" in code_cells(path)[1]
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=str)
+def test_lessons_are_checked_under_other_cpu_kernels_than_made_them(path):
+    """`make lessons` records the kernel set that made a lesson's outputs; the suite runs the lessons under
+    ATEN_CPU_CAPABILITY (conftest.py: default, PyTorch's generic kernels), which must differ, so that nbval fails
+    on a checked output that only the maker's kind of CPU reproduces."""
+    made_on = json.loads(path.read_text())["metadata"].get("moe_course", {}).get("outputs_made_on")
+    assert made_on, f"{path.name} has no record of what made its outputs: run `make lessons LESSONS={path}`"
+    assert made_on["cpu_capability"].lower() != os.environ["ATEN_CPU_CAPABILITY"].lower(), made_on
