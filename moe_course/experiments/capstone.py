@@ -11,9 +11,7 @@ thread (:data:`moe_course.env.THREADS`), so the numbers are the same whatever ``
 """
 
 import copy
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -26,6 +24,7 @@ from ..text import CHAR_CLASSES, TEXT_KINDS, char_classes, load_corpus, text_kin
 from ..train import TrainConfig, check_seed
 from .bill import bill
 from .finetune import fine_tune, slice_streams
+from .pool import run_all
 from .precision import PARTS, router_inputs, routing_flips
 from .scaling import BALANCE as SCALING_BALANCE
 from .scaling import MODELS, corpus_ids, equal_compute_configs, train_model
@@ -102,12 +101,7 @@ def train_all(settings: CapstoneSettings, jobs: int) -> tuple:
     state dicts by name, seconds per run)."""
     runs = [(name, seed, settings) for seed in settings.seeds for name in MODELS]
     runs.append(("moe_z", settings.seeds[0], settings))
-    if jobs == 1:
-        outcomes = [_train_job(run) for run in runs]
-    else:
-        # spawned, not forked: a fork of a process whose OpenMP threads have started can deadlock
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            outcomes = list(pool.map(_train_job, runs))
+    outcomes = run_all(_train_job, runs, jobs)
     first = settings.seeds[0]
     states, seconds = {}, {}
     for (name, seed, _), (_, state, spent) in zip(runs, outcomes, strict=True):

@@ -1,8 +1,10 @@
 """The experiments' results files: JSON in ``data/results/``, each with what made it.
 
-A file holds ``results`` (the numbers, the same for the same settings and seeds), ``settings`` and ``seeds`` (how to
-make them again), ``provenance`` (the git commit, torch's version) and ``timing`` (seconds per part: they vary from
-run to run, so they stay out of ``results``).
+A file holds ``results`` (the numbers, the same for the same settings and seeds on the same kind of machine),
+``settings`` and ``seeds`` (how to make them again), ``provenance`` (the git commit, and what decides a CPU's numbers:
+the processor, the kernel set torch used, its threads, the platform and the library versions, from
+:func:`moe_course.env.machine`) and ``timing`` (seconds per part: they vary from run to run, so they stay out of
+``results``). Tensors too large for JSON (a model's weights) go to a ``.pt`` file of the same name beside it.
 """
 
 import json
@@ -10,6 +12,8 @@ import subprocess
 from pathlib import Path
 
 import torch
+
+from ..env import machine
 
 RESULTS = Path(__file__).resolve().parents[2] / "data" / "results"
 
@@ -26,12 +30,15 @@ def git_commit(repo: Path = RESULTS.parents[1]) -> str:
     return commit.stdout.strip() + ("+changes" if status.stdout.strip() else "")
 
 
-def write_results(path: Path, results: dict, settings: dict, seeds: list, timing: dict) -> Path:
-    """Write the file at ``path`` (its folder created if need be) and return the path."""
+def write_results(path: Path, results: dict, settings: dict, seeds: list, timing: dict, tensors: dict = None) -> Path:
+    """Write the file at ``path`` (its folder created if need be), and ``tensors`` (name -> tensor) beside it with the
+    suffix ``.pt``; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if tensors is not None:
+        torch.save(tensors, path.with_suffix(".pt"))
     payload = {
-        "provenance": {"commit": git_commit(), "torch": torch.__version__},
+        "provenance": {"commit": git_commit(), **machine()},
         "settings": settings,
         "seeds": seeds,
         "timing": timing,
@@ -47,3 +54,11 @@ def read_results(path: Path) -> dict:
     if not path.is_file():
         raise ValueError(f"path {path} is not a results file: run `python -m moe_course.experiments capstone` first")
     return json.loads(path.read_text())
+
+
+def read_tensors(path: Path) -> dict:
+    """The tensors written beside the results file at ``path``."""
+    tensors = Path(path).with_suffix(".pt")
+    if not tensors.is_file():
+        raise ValueError(f"path {path} has no tensors beside it ({tensors.name})")
+    return torch.load(tensors, weights_only=True)
