@@ -96,18 +96,67 @@ def test_an_moe_turns_compute_bound_at_a_batch_e_over_k_times_larger(E, k):
     assert E / k * dense * 0.99 < B < E / k * dense + E  # distinct(B) is then E·(1 − e^(−kB/E)), just under E
 
 
+def mixtral_miss(tokens, pcie_bandwidth, cpu_flops, cpu_bandwidth):
+    """missing_expert_cost of one Mixtral 8x7B expert in bf16: 176,160,768 weights, 352,321,536 bytes."""
+    return missing_expert_cost(4096, 14336, tokens, pcie_bandwidth, cpu_flops, cpu_bandwidth, 2, gated=True)
+
+
 def test_a_missing_expert_runs_on_the_cpu_for_few_tokens_and_is_copied_for_many():
-    pcie, cpu = 25e9, 1.6e12  # PCIe 4.0 x16 in practice, a many-core CPU with AVX-512 in bf16
-    one = missing_expert_cost(4096, 14336, 1, pcie, cpu, bytes_per_param=2, gated=True)
-    assert one.transfer_time == pytest.approx(352_321_536 / 25e9)  # 14 ms
-    assert one.cpu_time == pytest.approx(2 * 176_160_768 / 1.6e12)  # 0.22 ms
-    assert one.cheaper == "cpu" and one.crossover_tokens == pytest.approx(64)  # 2 · 1.6e12 / (2 · 25e9)
-    assert missing_expert_cost(4096, 14336, 63, pcie, cpu, 2, True).cheaper == "cpu"
-    at = missing_expert_cost(4096, 14336, 64, pcie, cpu, 2, True)
-    assert at.cpu_time == pytest.approx(at.transfer_time) and at.cheaper == "transfer"
-    assert missing_expert_cost(4096, 14336, 65, pcie, cpu, 2, True).cheaper == "transfer"
+    # PCIe 4.0 x16 in practice; a many-core CPU with AVX-512 in bf16, reading 8-channel DDR5
+    pcie, cpu, cpu_memory = 25e9, 1.6e12, 200e9
+    one = mixtral_miss(1, pcie, cpu, cpu_memory)
+    assert one.transfer_time == pytest.approx(14.09286144e-3)  # 352,321,536 B / 25e9 B/s
+    # bandwidth-bound: reading 352 MB at 200 GB/s takes 1.76 ms, 2 · 176,160,768 FLOPs at 1.6 TFLOP/s 0.22 ms
+    assert one.cpu_time == pytest.approx(1.76160768e-3) and one.cheaper == "cpu"
+    # the CPU's ridge, 2 · 1.6e12 / (2 · 200e9) = 8 tokens; compute-bound beyond it
+    assert mixtral_miss(8, pcie, cpu, cpu_memory).cpu_time == pytest.approx(1.76160768e-3)
+    assert mixtral_miss(32, pcie, cpu, cpu_memory).cpu_time == pytest.approx(7.04643072e-3)  # 32 · 0.22 ms
+    # the CPU's FLOPs take as long as the copy at 2 · 1.6e12 / (2 · 25e9) = 64 tokens
+    assert one.crossover_tokens == 64
+    at = mixtral_miss(64, pcie, cpu, cpu_memory)
+    assert at.cpu_time == at.transfer_time and at.cheaper == "transfer"  # a tie goes to the transfer
+    assert mixtral_miss(63, pcie, cpu, cpu_memory).cheaper == "cpu"
+    assert mixtral_miss(65, pcie, cpu, cpu_memory).cheaper == "transfer"
     # the crossing does not depend on the expert's size
-    assert missing_expert_cost(512, 1024, 1, pcie, cpu, 2, False).crossover_tokens == one.crossover_tokens
+    assert missing_expert_cost(512, 1024, 1, pcie, cpu, cpu_memory).crossover_tokens == 64
+
+
+def test_a_cpu_slow_to_compute_is_compute_bound_from_the_first_token():
+    pcie, cpu, cpu_memory = 25e9, 0.1e12, 200e9  # the CPU's ridge: 2 · 0.1e12 / (2 · 200e9) = 0.5 tokens
+    one = mixtral_miss(1, pcie, cpu, cpu_memory)
+    assert one.cpu_time == pytest.approx(3.52321536e-3) and one.cheaper == "cpu"  # 2 · 176,160,768 / 1e11
+    assert one.crossover_tokens == 4  # 2 · 0.1e12 / (2 · 25e9)
+    assert mixtral_miss(3, pcie, cpu, cpu_memory).cheaper == "cpu"
+    at = mixtral_miss(4, pcie, cpu, cpu_memory)
+    assert at.cpu_time == at.transfer_time == pytest.approx(14.09286144e-3) and at.cheaper == "transfer"
+
+
+@pytest.mark.parametrize("cpu_memory, one_token_ms", [(64e9, 5.505024), (60e9, 5.8720256), (30e9, 11.7440512)])
+def test_a_cpu_whose_memory_is_no_faster_than_pcie_never_beats_the_copy(cpu_memory, one_token_ms):
+    pcie, cpu = 64e9, 1.6e12  # PCIe 5.0 x16; a desktop's dual-channel DDR5 reads at about 60 GB/s
+    costs = [mixtral_miss(tokens, pcie, cpu, cpu_memory) for tokens in (1, 2, 10, 100, 1000)]
+    assert costs[0].transfer_time == pytest.approx(5.505024e-3)
+    assert costs[0].cpu_time == pytest.approx(one_token_ms * 1e-3)  # reading the weights alone
+    assert all(c.crossover_tokens == 0 and c.cheaper == "transfer" for c in costs)
+    if cpu_memory == pcie:  # reading and copying tie until the CPU turns compute-bound, at 25 tokens
+        assert all(c.cpu_time == c.transfer_time for c in costs[:3])
+
+
+@pytest.mark.parametrize(
+    "pcie, cpu, cpu_memory, bytes_per_param, crossover",
+    [
+        (25e9, 1.6e12, 200e9, 2, 64),
+        (32e9, 3e12, 100e9, 0.5, 23.4375),
+        (16e9, 0.7e12, 17e9, 1, 21.875),
+        (64e9, 1e12, 60e9, 2, 0),
+    ],
+)
+def test_the_cpu_is_cheaper_exactly_below_the_crossover(pcie, cpu, cpu_memory, bytes_per_param, crossover):
+    for gated in (False, True):
+        for tokens in range(1, 100):
+            cost = missing_expert_cost(1024, 4096, tokens, pcie, cpu, cpu_memory, bytes_per_param, gated)
+            assert cost.crossover_tokens == crossover
+            assert cost.cheaper == ("cpu" if tokens < crossover else "transfer"), (tokens, gated)
 
 
 @pytest.mark.parametrize(
@@ -130,9 +179,16 @@ def test_a_missing_expert_runs_on_the_cpu_for_few_tokens_and_is_copied_for_many(
         (lambda: decode_time_bound(4, 4, 8, 2, 1, bandwidth=float("inf"), peak_flops=1.0), "bandwidth"),
         (lambda: compute_bound_batch(8, 2, bandwidth=-1.0, peak_flops=1.0), "bandwidth"),
         (lambda: compute_bound_batch(2, 3, bandwidth=1.0, peak_flops=1.0), "k"),
-        (lambda: missing_expert_cost(4, 4, 0, 1.0, 1.0), "tokens"),
-        (lambda: missing_expert_cost(4, 4, 1, 0.0, 1.0), "pcie_bandwidth"),
-        (lambda: missing_expert_cost(4, 4, 1, 1.0, float("nan")), "cpu_flops"),
+        (lambda: missing_expert_cost(4, 4, 0, 1.0, 1.0, 1.0), "tokens"),
+        (lambda: missing_expert_cost(4, 4, 1, 0.0, 1.0, 1.0), "pcie_bandwidth"),
+        (lambda: missing_expert_cost(4, 4, 1, 1.0, float("nan"), 1.0), "cpu_flops"),
+        (lambda: missing_expert_cost(4, 4, 1, 1.0, 1.0, 0.0), "cpu_bandwidth"),
+        (lambda: missing_expert_cost(4, 4, 1, 1.0, 1.0, -2e9), "cpu_bandwidth"),
+        (lambda: missing_expert_cost(4, 4, 1, 1.0, 1.0, float("inf")), "cpu_bandwidth"),
+        (lambda: missing_expert_cost(4, 4, 1, 1.0, 1.0, True), "cpu_bandwidth"),
+        (lambda: missing_expert_cost(4, 4, 1, 1.0, 1.0, "100e9"), "cpu_bandwidth"),
+        (lambda: missing_expert_cost(4, 4, 1, 1.0, 1.0, 1.0, bytes_per_param=0), "bytes_per_param"),
+        (lambda: missing_expert_cost(0, 4, 1, 1.0, 1.0, 1.0), "d_model"),
     ],
 )
 def test_bad_arguments_are_named(call, name):

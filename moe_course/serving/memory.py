@@ -132,8 +132,8 @@ class MissCost:
     """Two ways to serve a missing expert (Fiddler, Kamahori et al. 2024), in seconds."""
 
     transfer_time: float  # copy its weights to the GPU: bytes / PCIe bandwidth
-    cpu_time: float  # run it where its weights are: 2 · params · tokens / CPU FLOP rate
-    crossover_tokens: float  # the token count where both take as long: the CPU is cheaper below it
+    cpu_time: float  # run it where its weights are: max(2 · params · tokens / CPU FLOP rate, bytes / CPU bandwidth)
+    crossover_tokens: float  # the CPU is cheaper for fewer tokens than this, the transfer from it on (0: never the CPU)
 
     @property
     def cheaper(self) -> str:
@@ -147,22 +147,39 @@ def missing_expert_cost(
     tokens: int,
     pcie_bandwidth: float,
     cpu_flops: float,
+    cpu_bandwidth: float,
     bytes_per_param: float = 2,
     gated: bool = False,
 ) -> MissCost:
     """Transfer versus CPU compute for an expert missing from the GPU that ``tokens`` tokens need.
 
-    The transfer costs the same for 1 token as for 1000; the CPU's time grows with the tokens. They cross at
-    bytes_per_param · cpu_flops / (2 · pcie_bandwidth) tokens, whatever the expert's size: decoding, with a token or
-    a few per expert, runs it on the CPU; a long prefill copies it. The GPU's own compute after a transfer is left
-    out (it is small next to the copy).
+    The transfer copies the expert's bytes over PCIe (``pcie_bandwidth``, bytes/s) and costs the same for 1 token as
+    for 1000. The CPU's time is a roofline: it reads the expert's bytes from its memory once per call
+    (``cpu_bandwidth``, bytes/s) and spends 2 FLOPs per weight per token (``cpu_flops``, FLOP/s), so it takes
+    max(2 · params · tokens / cpu_flops, bytes / cpu_bandwidth): bandwidth-bound up to
+    bytes_per_param · cpu_flops / (2 · cpu_bandwidth) tokens, compute-bound beyond.
+
+    ``crossover_tokens`` (the CPU is cheaper for fewer tokens, the transfer from there on) does not depend on the
+    expert's size:
+
+    - cpu_bandwidth > pcie_bandwidth: bytes_per_param · cpu_flops / (2 · pcie_bandwidth), the token count at which
+      the CPU's FLOPs take as long as the copy (reading the weights takes the CPU less time than copying them);
+    - cpu_bandwidth ≤ pcie_bandwidth: 0, no crossover. Reading the weights from CPU memory alone takes at least as
+      long as copying them, so the CPU is never cheaper (at equal bandwidths the two tie up to the CPU's ridge, and
+      a tie goes to the transfer).
+
+    So decoding, with a token or a few per expert, runs it on a CPU whose memory outpaces PCIe; a long prefill copies
+    it. The GPU's own compute after a transfer is left out (it is small next to the copy).
     """
     check_positive_int("tokens", tokens)
     check_number("pcie_bandwidth", pcie_bandwidth, positive=True)
     check_number("cpu_flops", cpu_flops, positive=True)
+    check_number("cpu_bandwidth", cpu_bandwidth, positive=True)
     size = expert_bytes(d_model, d_ff, bytes_per_param, gated)
+    flops = 2 * ffn_params(d_model, d_ff, gated) * tokens
+    crosses = cpu_bandwidth > pcie_bandwidth
     return MissCost(
         transfer_time=size / pcie_bandwidth,
-        cpu_time=2 * ffn_params(d_model, d_ff, gated) * tokens / cpu_flops,
-        crossover_tokens=bytes_per_param * cpu_flops / (2 * pcie_bandwidth),
+        cpu_time=max(flops / cpu_flops, size / cpu_bandwidth),
+        crossover_tokens=bytes_per_param * cpu_flops / (2 * pcie_bandwidth) if crosses else 0.0,
     )

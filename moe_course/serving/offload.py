@@ -8,8 +8,9 @@ its tokens from the fast tier. Its output is the plain layer's: offloading chang
 computed.
 
 With ``on_miss="cpu"`` a missing expert is not copied: its tokens go to the slow tier and it runs there, on the CPU
-(Fiddler, Kamahori et al. 2024), which beats moving the weights when few tokens need it
-(:func:`~moe_course.serving.memory.missing_expert_cost`); only the tokens' activations cross the bus.
+(Fiddler, Kamahori et al. 2024), which beats moving the weights when few tokens need it and the CPU reads its memory
+faster than the bus copies (:func:`~moe_course.serving.memory.missing_expert_cost`); only the tokens' activations
+cross the bus.
 
 On a GPU the fast tier is the GPU and copy times are measured. On a CPU-only machine the fast tier is a separate
 set of tensors in the same memory: the copies really happen, and their time is *modelled* as bytes / bandwidth
