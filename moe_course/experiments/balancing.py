@@ -75,6 +75,11 @@ def held_out_routing(model: TinyLM, x: torch.Tensor) -> dict:
     return result
 
 
+def rounded(values: list) -> list:
+    """``values`` (numbers, or lists of them) to 5 decimals."""
+    return [rounded(v) if isinstance(v, list) else round(v, 5) for v in values]
+
+
 def train_run(job: tuple) -> dict:
     """One run in its own process: (name, settings) -> its record."""
     name, settings = job
@@ -94,10 +99,11 @@ def train_run(job: tuple) -> dict:
         "router": router,
         **options,
         "params": sum(p.numel() for p in model.parameters()),
-        "loss": h.loss,
-        "aux_loss": h.aux_loss,
-        "z_loss": h.z_loss,
-        "entropy": h.entropy,  # [steps][layers]
+        # the per-step curves to 5 decimals (they are plotted); the validation loss exactly
+        "loss": rounded(h.loss),
+        "aux_loss": rounded(h.aux_loss),
+        "z_loss": rounded(h.z_loss),
+        "entropy": rounded(h.entropy),  # [steps][layers]
         "counts": h.counts_tensor().tolist(),  # [steps][layers][E]
         "val_loss": h.val_loss,
         "held_out": held_out_routing(model, x),

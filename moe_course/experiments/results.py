@@ -8,6 +8,7 @@ the processor, the kernel set torch used, its threads, the platform and the libr
 """
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -44,7 +45,9 @@ def write_results(path: Path, results: dict, settings: dict, seeds: list, timing
         "timing": timing,
         "results": results,
     }
-    path.write_text(json.dumps(payload, indent=1) + "\n")
+    # one line per innermost list of numbers: a per-step curve takes one line, not one per step
+    text = re.sub(r"\[[^\[\]{}\"]*\]", lambda m: json.dumps(json.loads(m.group())), json.dumps(payload, indent=1))
+    path.write_text(text + "\n")
     return path
 
 
