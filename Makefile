@@ -32,7 +32,6 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) pip
 	$(PIP) $(TORCH_INDEX) torch
 	$(PIP) -e ".[course,test]"
-	$(PY) -m ipykernel install --user --name moe-course --display-name "Python (moe-course)"
 	touch $(STAMP)
 
 setup: $(STAMP)

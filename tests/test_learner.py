@@ -5,6 +5,7 @@ The copy is made from the working tree (uncommitted work included) and reuses th
 """
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -125,15 +126,24 @@ class Lab:
     token: str
     left_behind: list = field(default_factory=list)  # processes that outlived the server's shutdown
 
-    def status(self, path: str, method: str = "GET") -> int:
-        """The HTTP status of ``path`` (no proxy: the server is local)."""
+    def open(self, path: str, method: str = "GET"):
+        """The server's response to ``path`` (no proxy: the server is local)."""
         headers = {"Authorization": f"token {self.token}"}
         request = urllib.request.Request(self.url + path, method=method, headers=headers)
+        return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=10)
+
+    def status(self, path: str, method: str = "GET") -> int:
+        """The HTTP status of ``path``."""
         try:
-            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=10) as response:
+            with self.open(path, method) as response:
                 return response.status
         except urllib.error.HTTPError as e:
             return e.code
+
+    def json(self, path: str):
+        """What the server answers to GET ``path``, decoded from JSON."""
+        with self.open(path) as response:
+            return json.load(response)
 
 
 def wait_until_up(lab: Lab, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
@@ -273,6 +283,24 @@ def test_first_hour_in_the_lab(course, tmp_path):
         wait.until(lambda b: texts(b, WIDGET_OUTPUT) not in ([], before), f"the output stayed {before}")
     assert not lab.left_behind, f"processes outlived `make lab`: {lab.left_behind}"
     assert not list(course.root.rglob("gradebook.db"))
+
+
+def test_the_launcher_offers_one_kernel(course):
+    """Every notebook names the kernel ``python3``, the Python that runs the lab: the Launcher offers it alone, also to
+    a learner whose earlier ``make setup`` installed a "Python (moe-course)" kernel for their user."""
+    data_dir = run(str(VENV / "bin" / "jupyter"), "--data-dir", cwd=course.root, env=course.env).strip()
+    earlier = Path(data_dir) / "kernels" / "moe-course"
+    earlier.mkdir(parents=True)
+    argv = [str(VENV / "bin" / "python"), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    spec = {"argv": argv, "display_name": "Python (moe-course)", "language": "python"}
+    (earlier / "kernel.json").write_text(json.dumps(spec))
+    try:
+        with jupyter_lab(course) as lab:
+            kernels = lab.json("/api/kernelspecs")["kernelspecs"]
+    finally:
+        shutil.rmtree(earlier)
+    assert set(kernels) == {"python3"}, kernels
+    assert not lab.left_behind, f"processes outlived `make lab`: {lab.left_behind}"
 
 
 def checkpoint(notebook: Path) -> None:
