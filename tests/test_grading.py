@@ -424,6 +424,34 @@ RECALL_OVER_GUESSES = """def prefetch_recall(guessed, chosen):
     hit = (chosen[:, :, None] == guessed[:, None, :]).any(dim=-1)
     return hit.sum().item() / guessed.numel()  # divides by the guesses, not the chosen pairs
 """
+MISS_ONE_FLOP_PER_WEIGHT = """def cheaper_on_miss(d_model, d_ff, tokens, pcie_bandwidth, cpu_flops, cpu_bandwidth,
+                    bytes_per_param=2):
+    params = 2 * d_model * d_ff
+    transfer_time = params * bytes_per_param / pcie_bandwidth
+    cpu_time = max(params * tokens / cpu_flops, params * bytes_per_param / cpu_bandwidth)  # 1 FLOP per weight, not 2
+    return "cpu" if cpu_time < transfer_time else "transfer"
+"""
+MISS_BYTES_OF_ONE_MATRIX = """def cheaper_on_miss(d_model, d_ff, tokens, pcie_bandwidth, cpu_flops, cpu_bandwidth,
+                    bytes_per_param=2):
+    size = d_model * d_ff * bytes_per_param  # d_model·d_ff weights: the down matrix left out
+    transfer_time = size / pcie_bandwidth
+    cpu_time = max(4 * d_model * d_ff * tokens / cpu_flops, size / cpu_bandwidth)  # the FLOPs of both matrices
+    return "cpu" if cpu_time < transfer_time else "transfer"
+"""
+MISS_FLOPS_ONLY = """def cheaper_on_miss(d_model, d_ff, tokens, pcie_bandwidth, cpu_flops, cpu_bandwidth,
+                    bytes_per_param=2):
+    params = 2 * d_model * d_ff
+    transfer_time = params * bytes_per_param / pcie_bandwidth
+    cpu_time = 2 * params * tokens / cpu_flops  # the CPU reading the weights left out
+    return "cpu" if cpu_time < transfer_time else "transfer"
+"""
+MISS_ONE_TOKEN_VS_COPY = """def cheaper_on_miss(d_model, d_ff, tokens, pcie_bandwidth, cpu_flops, cpu_bandwidth,
+                    bytes_per_param=2):
+    params = 2 * d_model * d_ff
+    transfer_time = params * bytes_per_param / pcie_bandwidth
+    cpu_time = max(2 * params / cpu_flops, params * bytes_per_param / cpu_bandwidth)  # one token's time
+    return "cpu" if cpu_time < transfer_time else "transfer"
+"""
 TRAINING_FLOPS_ALL_EXPERTS = """def training_flops(d_model, d_ff, E, k, n_layers, vocab_size, tokens):
     router = d_model * E if E > 1 else 0
     per_layer = 4 * d_model * d_model + router + E * 3 * d_model * d_ff  # all E experts: stored, not active
@@ -507,10 +535,14 @@ MISTAKES = {
         "on_rank_counted": ("bytes", BYTES_ON_RANK_COUNTED, ["test_bytes"]),
         "alpha_once": ("crossover", ALPHA_ONCE, ["test_crossover"]),
     },
-    "08_inference": {  # each passes the visible tests
+    "08_inference": {  # each passes the visible tests but the last two
         "lru_evicts_most_recent": ("lru", LRU_EVICTS_MOST_RECENT, ["test_lru"]),
         "distinct_swapped": ("distinct", DISTINCT_SWAPPED, ["test_distinct"]),
         "recall_over_guesses": ("recall", RECALL_OVER_GUESSES, ["test_recall"]),
+        "one_flop_per_weight": ("miss", MISS_ONE_FLOP_PER_WEIGHT, ["test_miss"]),
+        "bytes_of_one_matrix": ("miss", MISS_BYTES_OF_ONE_MATRIX, ["test_miss"]),
+        "cpu_flops_only": ("miss", MISS_FLOPS_ONLY, ["test_miss"]),
+        "one_token_against_the_copy": ("miss", MISS_ONE_TOKEN_VS_COPY, ["test_miss"]),
     },
     "09_capstone": {  # each passes the visible tests
         "all_experts": ("training_flops", TRAINING_FLOPS_ALL_EXPERTS, ["test_training_flops"]),
