@@ -2,19 +2,26 @@
 results files that the same settings and seeds reproduce."""
 
 import json
+import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from moe_course.config import MoEConfig
+from moe_course.env import THREADS
+from moe_course.experiments.balancing import QUICK as BALANCING_QUICK
+from moe_course.experiments.balancing import RUNS, BalancingSettings, run_balancing
 from moe_course.experiments.bill import bill
 from moe_course.experiments.capstone import QUICK, CapstoneSettings, run_capstone
 from moe_course.experiments.finetune import fine_tune, load_on, slice_streams
-from moe_course.experiments.results import git_commit, read_results, write_results
+from moe_course.experiments.results import RESULTS, git_commit, read_results, read_tensors, write_results
 from moe_course.experiments.scaling import MODELS, corpus_ids, equal_compute_configs, train_model
+from moe_course.experiments.serving_model import QUICK as SERVING_QUICK
+from moe_course.experiments.serving_model import ServingModelSettings, load_serving_model, run_serving_model
 from moe_course.flops import MIXTRAL_8X7B, count_model_params, forward_flops
 from moe_course.model import TinyLM
 from moe_course.text import TEXT_KINDS, get_batch, load_corpus, text_kinds
@@ -106,14 +113,22 @@ def test_the_bill_of_mixtral():
 
 
 def test_results_files_carry_their_provenance(tmp_path):
-    path = write_results(tmp_path / "sub" / "r.json", {"x": [1.5]}, {"steps": 3}, [0, 1], {"total": 2.0})
+    results = {"x": [1.5], "curve": [[1, 2], [3, 4.25]], "label": "a [1, 2] list in a string"}
+    tensors = {"w": torch.arange(6.0).view(2, 3)}
+    path = write_results(tmp_path / "sub" / "r.json", results, {"steps": 3}, [0, 1], {"total": 2.0}, tensors)
     payload = read_results(path)
-    assert payload["results"] == {"x": [1.5]} and payload["seeds"] == [0, 1] and payload["settings"] == {"steps": 3}
-    commit = payload["provenance"]["commit"]
-    assert len(commit.removesuffix("+changes")) == 40 and payload["provenance"]["torch"] == torch.__version__
+    assert payload["results"] == results and payload["seeds"] == [0, 1] and payload["settings"] == {"steps": 3}
+    assert '"curve": [\n  [1, 2],\n  [3, 4.25]\n ]' in path.read_text()  # a list of numbers on one line
+    assert torch.equal(read_tensors(path)["w"], tensors["w"])
+    provenance = payload["provenance"]
+    assert len(provenance["commit"].removesuffix("+changes")) == 40 and provenance["torch"] == torch.__version__
+    assert provenance["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and provenance["cpu"]
+    assert {"cpu_threads", "platform", "python", "numpy", "triton"} <= set(provenance)
     assert git_commit(tmp_path) == "unknown"
     with pytest.raises(ValueError, match="^path"):
         read_results(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="^path"):
+        read_tensors(tmp_path / "missing.json")
 
 
 def test_the_capstone_is_reproducible_whatever_the_number_of_jobs(tmp_path):
@@ -138,6 +153,39 @@ def test_the_capstone_is_reproducible_whatever_the_number_of_jobs(tmp_path):
         "all",
     }
     assert timing["total"] > 0
+    assert_close_to_reference(json.loads(json.dumps(results)), read_results(QUICK_REFERENCE))
+
+
+QUICK_REFERENCE = RESULTS / "capstone_quick.json"  # python -m moe_course.experiments capstone --quick --out <it>
+# How far a quick run may move on another CPU's kernels: measured between AVX2 and the generic kernels, losses,
+# probability errors and logit scales moved by at most 0.2 % (relative), flip rates by 0.1 points, mutual
+# information not at all; the tolerances leave room for kernel sets not measured. Per-expert counts and flip counts
+# of a 20-step model move more, and are left out; every other integer (steps, FLOPs, parameters, tokens) is exact.
+RELATIVE, FLIP_RATE, LEFT_OUT = 0.02, 0.01, ("counts", "flipped", "balance")
+
+
+def assert_close_to_reference(got, reference: dict, key: str = "") -> None:
+    """``got`` (a quick run's results) agrees with the reference file's, made under another CPU kernel set."""
+    if key == "" and "provenance" in reference:
+        made_with = reference["provenance"]["cpu_capability"].lower()
+        assert made_with != os.environ["ATEN_CPU_CAPABILITY"].lower(), "the reference must come from other kernels"
+        reference = reference["results"]
+    if key in LEFT_OUT:
+        return
+    if isinstance(reference, dict):
+        assert set(got) == set(reference), key
+        for k in reference:
+            assert_close_to_reference(got[k], reference[k], k)
+    elif isinstance(reference, list):
+        assert len(got) == len(reference), key
+        for g, r in zip(got, reference, strict=True):
+            assert_close_to_reference(g, r, key)
+    elif key == "flip_rate":
+        assert abs(got - reference) <= FLIP_RATE, (key, got, reference)
+    elif isinstance(reference, float):
+        assert got == pytest.approx(reference, rel=RELATIVE, abs=1e-6), (key, got, reference)
+    else:
+        assert got == reference, (key, got, reference)
 
 
 @pytest.mark.parametrize(
@@ -163,3 +211,40 @@ def test_run_capstone_refuses_what_is_not_its_settings():
         run_capstone({"steps": 10})
     with pytest.raises(ValueError, match="^jobs"):
         run_capstone(QUICK, jobs=0)
+
+
+def test_the_lessons_runs_record_every_step_and_the_held_out_routing():
+    results, timing = run_balancing(BALANCING_QUICK)
+    runs, steps, T = results["runs"], BALANCING_QUICK.steps, BALANCING_QUICK.batch_size * 64
+    assert list(runs) == list(RUNS) and set(timing) == set(RUNS) | {"total"}
+    for name, run in runs.items():
+        counts = torch.tensor(run["counts"])  # [steps, layers, E]
+        assert counts.shape == (steps, 2, 8) and (counts.sum(-1) == T * 2).all(), name  # every pair accounted for
+        assert len(run["loss"]) == len(run["aux_loss"]) == len(run["z_loss"]) == len(run["entropy"]) == steps
+        per_token = run["held_out"]["experts_per_token"]  # [layers][0, 1, ..., 4+ experts]
+        assert [sum(layer) for layer in per_token] == [BALANCING_QUICK.held_out * 64] * 2
+        if run["router"] == "topk":
+            assert all(layer[2] == sum(layer) for layer in per_token)  # every token gets its k = 2 experts
+        else:
+            assert (counts == T * 2 // 8).all()  # expert choice: every expert exactly at its capacity
+    # the same initial weights and batches: before the first update only the router can make a difference
+    assert runs["none"]["loss"][0] == runs["aux 0.01"]["loss"][0] == runs["bias"]["loss"][0]
+    assert runs["none"]["loss"][-1] != runs["aux 0.1"]["loss"][-1]
+
+
+def test_the_serving_model_is_written_with_its_weights_and_read_back(tmp_path):
+    results, timing, weights = run_serving_model(SERVING_QUICK)
+    path = write_results(tmp_path / "serving.json", results, asdict(SERVING_QUICK), [0], timing, weights)
+    model, payload = load_serving_model(path)
+    assert model.config.n_layers == SERVING_QUICK.n_layers and not model.training
+    assert all(torch.equal(model.state_dict()[name], w) for name, w in weights.items())
+    assert len(payload["results"]["loss"]) == SERVING_QUICK.steps and payload["settings"] == asdict(SERVING_QUICK)
+
+
+@pytest.mark.parametrize(
+    "name, settings", [("balancing", BalancingSettings()), ("serving_model", ServingModelSettings())]
+)
+def test_the_shipped_results_files_are_the_libraries_default_runs(name, settings):
+    payload = read_results(RESULTS / f"{name}.json")
+    assert payload["settings"] == json.loads(json.dumps(asdict(settings)))
+    assert payload["provenance"]["cpu_threads"] == THREADS and not payload["provenance"]["commit"].endswith("+changes")
