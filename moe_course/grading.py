@@ -79,10 +79,12 @@ def safety_net_passes(check: Callable[[], object], seconds: float = 5) -> bool:
 
 @dataclass
 class PartScore:
-    """The score of one graded test cell (``grade_id``) of one notebook."""
+    """The score of one graded test cell (``part``: its grade_id) of one notebook, and the part's ``title``, as the
+    feedback report names it (:func:`part_titles`)."""
 
     notebook: str
     part: str
+    title: str
     score: float
     max_score: float
 
@@ -114,6 +116,23 @@ class Outcome:
 
 
 LIBRARY = "lib"  # the folder of a submission's course that holds its copy of the library
+
+
+def part_titles(nb) -> dict:
+    """``{grade_id: title}`` of the graded cells of the notebook ``nb``, by the rule of the feedback report's summary
+    (``feedback_templates/course_feedback``): the last "## " heading of a locked markdown cell above the cell, less
+    its " (N points)" (the score says them); the grade_id where no heading is above. Locked cells only: autograding
+    restores them from the source, so a learner's own cells cannot rename a part."""
+    titles, title = {}, None
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "markdown" and meta.get("locked"):
+            for line in cell.source.splitlines():
+                if line.startswith("## "):
+                    title = line[3:].rsplit(" (", 1)[0] if line.endswith(" points)") else line[3:]
+        if meta.get("grade"):
+            titles[meta["grade_id"]] = title or meta["grade_id"]
+    return titles
 
 
 def run_nbgrader(
@@ -233,7 +252,10 @@ def grade_submissions(
         outcomes = {student: future.result() for student, future in futures.items()}
     for student, outcome in outcomes.items():
         keep(course_dir, assignment, student, outcome, snapshots[student])
-    grades = merge(course_dir, assignment, outcomes)
+    titles = {
+        (Path(name).stem, part): title for name, nb in released.items() for part, title in part_titles(nb).items()
+    }
+    grades = merge(course_dir, assignment, outcomes, titles)
     if any(outcome.notebooks for outcome in outcomes.values()):
         write_feedback(course_dir, assignment, [s for s, o in outcomes.items() if o.notebooks], offline)
     return grades
@@ -343,8 +365,9 @@ def keep(course_dir: Path, assignment: str, student: str, outcome: Outcome, file
         write_files(graded.parent, {f"{assignment}.log": outcome.log})
 
 
-def merge(course_dir: Path, assignment: str, outcomes: dict) -> dict:
-    """Put each student's grades into ``course_dir``'s gradebook, as autograde would have; ``{student: Grade}``."""
+def merge(course_dir: Path, assignment: str, outcomes: dict, titles: dict) -> dict:
+    """Put each student's grades into ``course_dir``'s gradebook, as autograde would have; ``{student: Grade}``,
+    each part named by ``titles`` (``{(notebook, grade_id): title}``; else by its grade_id)."""
     from nbgrader.api import Gradebook
     from sqlalchemy.exc import SAWarning
 
@@ -365,10 +388,10 @@ def merge(course_dir: Path, assignment: str, outcomes: dict) -> dict:
         for student, outcome in outcomes.items():
             log = course_dir / "autograded" / student / f"{assignment}.log"
             parts = [
-                PartScore(nb.name, grade.name, grade.score, grade.max_score)
+                PartScore(nb.name, g.name, titles.get((nb.name, g.name), g.name), g.score, g.max_score)
                 for nb in gb.find_submission(assignment, student).notebooks
-                for grade in nb.grades
-                if grade.cell.cell_type == "code"
+                for g in nb.grades
+                if g.cell.cell_type == "code"
             ]
             grades[student] = Grade(parts, outcome.problems, log if outcome.log is not None else None)
     return grades
@@ -393,10 +416,11 @@ def release(repo: Path, assignment: str, out_dir: Path) -> None:
 
 
 def format_scores(scores: list) -> str:
-    """A table of per-part scores with a total line."""
-    lines = [f"{'part':<32}{'score':>8}{'max':>6}"]
-    lines += [f"{s.part:<32}{s.score:>8.1f}{s.max_score:>6.1f}" for s in scores]
-    lines.append(f"{'total':<32}{sum(s.score for s in scores):>8.1f}{sum(s.max_score for s in scores):>6.1f}")
+    """A table of per-part scores, each part named by its title, with a total line."""
+    width = max(len(name) for name in ["total", *(s.title for s in scores)]) + 2
+    lines = [f"{'part':<{width}}{'score':>8}{'max':>6}"]
+    lines += [f"{s.title:<{width}}{s.score:>8.1f}{s.max_score:>6.1f}" for s in scores]
+    lines.append(f"{'total':<{width}}{sum(s.score for s in scores):>8.1f}{sum(s.max_score for s in scores):>6.1f}")
     return "\n".join(lines)
 
 

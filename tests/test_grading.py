@@ -590,7 +590,10 @@ def test_learner_command_prints_scores_and_feedback_path(tmp_path, capsys):
     shutil.copytree(REPO / "solutions" / a, tmp_path / "workspace" / "exercises" / a)
     assert main([a, "--repo", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "test_moe_row" in out
+    scores = out.split("Feedback report")[0]
+    for title in part_titles(a).values():  # each part named as the report names it, not by its cell's id
+        assert f"\n{title}  " in scores, title
+    assert "test_moe_row" not in scores
     report = tmp_path / "feedback" / a / f"{a}.html"
     assert f"Feedback report: {report}" in out and report.is_file()
     assert_scripts_on_disk(report)
