@@ -5,7 +5,10 @@ import json
 import os
 from pathlib import Path
 
+import nbformat
 import pytest
+
+from moe_course.notebooks import execute, main
 
 REPO = Path(__file__).resolve().parents[1]
 LESSONS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -52,3 +55,14 @@ def test_the_roofline_explorer_redraws_when_a_slider_is_released():
     for slider in sliders:
         continuous = [k.value for k in slider.keywords if k.arg == "continuous_update"]
         assert [ast.literal_eval(v) for v in continuous] == [False], ast.unparse(slider)
+
+
+def test_make_lessons_runs_a_notebook_in_place_and_records_the_kernels_that_made_it(tmp_path, capsys):
+    path = tmp_path / "lesson.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")]), path)
+    assert execute(path, dict(os.environ, ATEN_CPU_CAPABILITY="default")) > 0
+    done = nbformat.read(path, as_version=4)
+    assert done.cells[0].outputs[0].text == "42\n"
+    made_on = done.metadata["moe_course"]["outputs_made_on"]
+    assert made_on["cpu_capability"] == "DEFAULT" and made_on["cpu"] and made_on["torch"]
+    assert main([str(tmp_path / "missing.ipynb")]) == 2 and "make lessons" in capsys.readouterr().err
