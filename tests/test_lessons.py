@@ -1,5 +1,6 @@
 """What every lesson and assignment notebook must hold for its numbers to be a learner's too."""
 
+import ast
 import json
 import os
 from pathlib import Path
@@ -34,6 +35,27 @@ def test_lessons_are_made_with_other_cpu_kernels_than_the_suite_checks_them_with
     made_on = json.loads(path.read_text())["metadata"].get("moe_course", {}).get("outputs_made_on")
     assert made_on, f"{path.name} has no record of what made its outputs: run `make lessons LESSONS={path}`"
     assert made_on["cpu_capability"] != "DEFAULT", f"{path.name} was made with the kernels the suite checks it with"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=str)
+def test_printed_library_source_is_checked(path):
+    """A cell that prints the library's source (``inspect.getsource``) is compared with its stored output by nbval,
+    so a library change that leaves the lesson showing old code fails the suite."""
+    for source in code_cells(path):
+        if "inspect.getsource(" in source:
+            assert source.startswith("# NBVAL_CHECK_OUTPUT\n"), source
+
+
+def test_the_roofline_explorer_redraws_when_a_slider_is_released():
+    """Lesson 06's explorer draws two log-log plots per value, more slowly than a dragged slider sends values: updated
+    continuously, its plot lags several moves behind the slider."""
+    sources = [s for s in code_cells(REPO / "notebooks" / "06_kernels.ipynb") if "Slider(" in s]
+    calls = [n for s in sources for n in ast.walk(ast.parse(s)) if isinstance(n, ast.Call)]
+    sliders = [c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr.endswith("Slider")]
+    assert sliders
+    for slider in sliders:
+        continuous = [k.value for k in slider.keywords if k.arg == "continuous_update"]
+        assert [ast.literal_eval(v) for v in continuous] == [False], ast.unparse(slider)
 
 
 def test_make_lessons_runs_a_notebook_in_place_and_records_the_kernels_that_made_it(tmp_path, capsys):
