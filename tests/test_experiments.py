@@ -117,7 +117,7 @@ def test_results_files_carry_their_provenance(tmp_path):
     path = write_results(tmp_path / "sub" / "r.json", results, {"steps": 3}, [0, 1], {"total": 2.0}, tensors)
     payload = read_results(path)
     assert payload["results"] == results and payload["seeds"] == [0, 1] and payload["settings"] == {"steps": 3}
-    assert '"curve": [\n  [1, 2],\n  [3, 4.25]\n ]' in path.read_text()  # a list of numbers on one line
+    assert '"curve": [\n   [1, 2],\n   [3, 4.25]\n  ]' in path.read_text()  # a list of numbers on one line
     assert torch.equal(read_tensors(path)["w"], tensors["w"])
     provenance = payload["provenance"]
     assert len(provenance["commit"].removesuffix("+changes")) == 40 and provenance["torch"] == torch.__version__
