@@ -8,9 +8,11 @@ scores and the rest score 0. Every error it writes says why in one line (``evalu
 limit gets one too. After the notebook, the processes the notebook started are killed, before nbgrader saves the
 grades (where :mod:`moe_course.grading_supervisor` runs nbgrader).
 
-Each graded test cell runs after the assignment's locked set-up cell (``setup``) once more, so the names the tests
+Before each graded test cell the assignment's locked set-up cell (``setup``) runs once more, so the names the tests
 take from it (``torch``, the library's reference functions, test helpers) are the set-up's even if an answer cell
-rebound them (``torch = ...`` with an ``allclose`` that always agrees).
+rebound them (``torch = ...`` with an ``allclose`` that always agrees). It runs as a request of its own, not pasted
+above the test's source, so that a failing test's traceback shows the test cell's own lines and numbers; its output
+is dropped, but if it fails, the test cell does not run and shows the set-up's error instead (and scores 0).
 """
 
 import time
@@ -40,9 +42,9 @@ def cell_name(cell, index: int) -> str:
 
 
 def is_test(cell) -> bool:
-    """Whether ``cell`` is a graded test cell (graded, not an answer)."""
+    """Whether ``cell`` is a graded test cell (graded code, not an answer)."""
     nbgrader = cell.metadata.get("nbgrader", {})
-    return bool(nbgrader.get("grade")) and not nbgrader.get("solution")
+    return cell.cell_type == "code" and bool(nbgrader.get("grade")) and not nbgrader.get("solution")
 
 
 def error(ename: str, evalue: str) -> NotebookNode:
@@ -70,10 +72,10 @@ class GradingExecute(Execute):
                 cell.outputs = [error(NOT_RUN, f"not run: {self.stopped}")]
             return cell, resources
         self.running = cell_name(cell, index)
-        source = cell.source
-        if is_test(cell) and self.setup:  # the test's names as set up, whatever an answer cell rebound since
-            cell.source = f"{self.setup}\n\n{source}"
         try:
+            if is_test(cell) and self.setup and (setup_errors := self.rerun_setup(cell, index)):
+                cell.outputs = setup_errors  # the test would run without its names: it shows why, and scores 0
+                return cell, resources
             return super().preprocess_cell(cell, resources, index)
         except DeadKernelError:
             self.stopped = f"the kernel died in {self.running} (the process exited or crashed)"
@@ -81,10 +83,18 @@ class GradingExecute(Execute):
             self.stopped = (
                 f"{self.running} ran past the {self.timeout} s limit and ignored the interrupt: its kernel was killed"
             )
-        finally:
-            cell.source = source
         cell.outputs.append(error(STOPPED, f"{self.stopped}; the cells after it did not run and score 0"))
         return cell, resources
+
+    def rerun_setup(self, test, index: int) -> list:
+        """Run the set-up cell's source before the ``test`` cell at ``index``: the test's names as set up, whatever an
+        answer cell rebound since. Returns its error outputs."""
+        setup = NotebookNode(cell_type="code", source=self.setup, metadata=NotebookNode(), outputs=[])
+        try:
+            self.execute_cell(setup, index, store_history=False)  # no execution count: the cells keep their numbers
+        finally:
+            self.nb.cells[index] = test  # execute_cell puts the cell it ran in the notebook at index
+        return [output for output in setup.outputs if output.output_type == "error"]
 
     async def _async_handle_timeout(self, timeout, cell=None):
         reply = await super()._async_handle_timeout(timeout, cell)  # interrupts the kernel; the cell's error reply

@@ -151,6 +151,21 @@ def test_warnings_on_stderr_do_not_zero_a_correct_answer(graded_02):
     full_marks_except(graded_02[1]["warnings"])
 
 
+def test_a_failing_test_cell_traceback_quotes_its_own_lines(graded_02):
+    """The set-up cell runs again before each test cell, as a request of its own: the traceback of a failing test
+    numbers and quotes the lines of the test cell, not those of the set-up pasted above it."""
+    course, _ = graded_02
+    graded = load(course / "autograded" / "hidden_fail" / "02_moe_layer" / "02_moe_layer.ipynb")
+    test = cell(graded, "test_balance_coefficient")
+    lines = "".join(test["source"]).splitlines()
+    [failure] = [o for o in test["outputs"] if o["output_type"] == "error"]
+    entries = [re.sub(r"\x1b\[[0-9;]*m", "", entry) for entry in failure["traceback"]]  # a header, frames, the error
+    [frame] = [e for e in entries if e.startswith(f"Cell In[{test['execution_count']}], line ")]
+    quoted = re.findall(r"^(?:-+> |\s+)(\d+) ?(.*)$", frame.split("\n", 1)[1], re.M)
+    assert any(text.startswith("assert") for _, text in quoted), frame
+    assert [lines[int(number) - 1].rstrip() for number, _ in quoted] == [text.rstrip() for _, text in quoted], frame
+
+
 def test_feedback_and_grade_export(graded_02):
     course, by_part = graded_02
     assert (course / "feedback" / "solution" / "02_moe_layer" / "02_moe_layer.html").is_file()
