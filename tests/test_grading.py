@@ -202,6 +202,43 @@ def test_feedback_math_is_typeset_offline(graded_02, tmp_path):
     assert 'class="MathJax_Error"' not in dom
 
 
+# The horizontal gaps, in CSS pixels, between the text of neighbouring non-empty cells of every table row on the page.
+TABLE_GAPS = """
+const text = cell => {
+  const range = document.createRange();
+  range.selectNodeContents(cell);
+  return range.getBoundingClientRect();
+};
+return Array.from(document.querySelectorAll("table tr"), row => {
+  const boxes = Array.from(row.cells).filter(cell => cell.textContent.trim()).map(text);
+  return boxes.slice(1).map((box, i) => box.left - boxes[i].right);
+}).flat();
+"""
+
+
+@pytest.mark.skipif(  # in CI it must run: .ci/run installs Chromium and its driver
+    shutil.which("chromedriver") is None and os.environ.get("CI") != "true",
+    reason="needs Chromium and its driver (Debian: chromium, chromium-driver)",
+)
+def test_feedback_tables_keep_their_cells_apart(graded_02, tmp_path):
+    """The report renders a markdown table (the intro's list of parts) with room between its columns: nbgrader's
+    header alone gives table cells no padding, and "part" and "function" read "partfunction"."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    report = graded_02[0] / "feedback" / "solution" / "02_moe_layer" / "02_moe_layer.html"
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        browser.get(report.as_uri())
+        gaps = browser.execute_script(TABLE_GAPS)
+    finally:
+        browser.quit()
+    assert len(gaps) >= 12 and min(gaps) >= 8, gaps  # the intro's 6 rows of 3 columns at least
+
+
 def part_titles(assignment: str) -> dict:
     """``{grade_id: title}`` of the graded test cells, the title from the "## Part ..." heading above each."""
     titles, heading = {}, None
