@@ -61,7 +61,8 @@ test: lint
 	$(PY) -m pytest tests notebooks solutions --nbval-lax --nbval-current-env -p no:cacheprovider
 
 # Autograde your copy in workspace/exercises/, hidden tests included: make grade ASSIGNMENT=02_moe_layer
-grade: setup
+# (after `make workspace`, which gives a copy made under an exercise's earlier name the name it is graded by)
+grade: workspace
 	@test -n "$(ASSIGNMENT)" || { echo "usage: make grade ASSIGNMENT=<one of: $(ASSIGNMENTS)>"; exit 2; }
 	$(PY) -m moe_course.grading $(ASSIGNMENT)
 

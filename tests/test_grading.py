@@ -34,10 +34,10 @@ def submission(tmp: Path, name: str, assignment: str, edit=None) -> Path:
     """A student folder holding the solution notebook, changed by ``edit(nb)``."""
     folder = tmp / "inbox" / name
     folder.mkdir(parents=True)
-    nb = load(REPO / "solutions" / assignment / f"{assignment}.ipynb")
+    nb = load(REPO / "solutions" / assignment / f"{assignment}_exercises.ipynb")
     if edit:
         edit(nb)
-    (folder / f"{assignment}.ipynb").write_text(json.dumps(nb))
+    (folder / f"{assignment}_exercises.ipynb").write_text(json.dumps(nb))
     return folder
 
 
@@ -139,7 +139,7 @@ def test_an_edited_test_cell_is_restored(graded_02):
 def test_a_deleted_test_cell_is_restored_and_run(graded_02):
     course, by_part = graded_02
     full_marks_except(by_part["deleted_test"])
-    graded = load(course / "autograded" / "deleted_test" / "02_moe_layer" / "02_moe_layer.ipynb")
+    graded = load(course / "autograded" / "deleted_test" / "02_moe_layer" / "02_moe_layer_exercises.ipynb")
     assert cell(graded, "test_dispatch_order")["outputs"] == []  # ran, passed silently
 
 
@@ -155,7 +155,7 @@ def test_a_failing_test_cell_traceback_quotes_its_own_lines(graded_02):
     """The set-up cell runs again before each test cell, as a request of its own: the traceback of a failing test
     numbers and quotes the lines of the test cell, not those of the set-up pasted above it."""
     course, _ = graded_02
-    graded = load(course / "autograded" / "hidden_fail" / "02_moe_layer" / "02_moe_layer.ipynb")
+    graded = load(course / "autograded" / "hidden_fail" / "02_moe_layer" / "02_moe_layer_exercises.ipynb")
     test = cell(graded, "test_balance_coefficient")
     lines = "".join(test["source"]).splitlines()
     [failure] = [o for o in test["outputs"] if o["output_type"] == "error"]
@@ -168,7 +168,7 @@ def test_a_failing_test_cell_traceback_quotes_its_own_lines(graded_02):
 
 def test_feedback_and_grade_export(graded_02):
     course, by_part = graded_02
-    assert (course / "feedback" / "solution" / "02_moe_layer" / "02_moe_layer.html").is_file()
+    assert (course / "feedback" / "solution" / "02_moe_layer" / "02_moe_layer_exercises.html").is_file()
     run_nbgrader(course, "export", "--to=grades.csv")
     rows = (course / "grades.csv").read_text().splitlines()
     assert len(rows) == 1 + len(by_part)  # header + one row per student
@@ -186,7 +186,7 @@ def assert_scripts_on_disk(report: Path) -> None:
 def test_feedback_loads_mathjax_from_disk(graded_02):
     course, by_part = graded_02
     for student in by_part:
-        assert_scripts_on_disk(course / "feedback" / student / "02_moe_layer" / "02_moe_layer.html")
+        assert_scripts_on_disk(course / "feedback" / student / "02_moe_layer" / "02_moe_layer_exercises.html")
 
 
 @pytest.mark.skipif(  # in CI it must run: .ci/run installs Chromium
@@ -194,7 +194,7 @@ def test_feedback_loads_mathjax_from_disk(graded_02):
 )
 def test_feedback_math_is_typeset_offline(graded_02, tmp_path):
     """Chromium with no host name resolving, as on a machine offline, renders the report: MathJax typesets it."""
-    report = graded_02[0] / "feedback" / "hidden_fail" / "02_moe_layer" / "02_moe_layer.html"
+    report = graded_02[0] / "feedback" / "hidden_fail" / "02_moe_layer" / "02_moe_layer_exercises.html"
     browser = ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}"]
     offline = ["--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=30000", "--dump-dom"]
     dom = subprocess.run([*browser, *offline, report.as_uri()], capture_output=True, text=True, timeout=120).stdout
@@ -226,7 +226,7 @@ def test_feedback_tables_keep_their_cells_apart(graded_02, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    report = graded_02[0] / "feedback" / "solution" / "02_moe_layer" / "02_moe_layer.html"
+    report = graded_02[0] / "feedback" / "solution" / "02_moe_layer" / "02_moe_layer_exercises.html"
     options = webdriver.ChromeOptions()
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}"):
         options.add_argument(flag)
@@ -242,7 +242,7 @@ def test_feedback_tables_keep_their_cells_apart(graded_02, tmp_path):
 def part_titles(assignment: str) -> dict:
     """``{grade_id: title}`` of the graded test cells, the title from the "## Part ..." heading above each."""
     titles, heading = {}, None
-    for c in load(REPO / "solutions" / assignment / f"{assignment}.ipynb")["cells"]:
+    for c in load(REPO / "solutions" / assignment / f"{assignment}_exercises.ipynb")["cells"]:
         source, meta = "".join(c["source"]), c["metadata"].get("nbgrader", {})
         headings = re.findall(r"^## (Part .*?) \(\d+ points?\)$", source, re.M)
         if headings:
@@ -257,7 +257,7 @@ def test_feedback_summary_names_every_graded_part_and_its_score(graded_02):
     titles = part_titles("02_moe_layer")
     assert len(titles) == 5 and titles["test_route_top_k"] == "Part 2 · The router: softmax, top-$k$, renormalize"
     for student, parts in by_part.items():
-        html = (course / "feedback" / student / "02_moe_layer" / "02_moe_layer.html").read_text()
+        html = (course / "feedback" / student / "02_moe_layer" / "02_moe_layer_exercises.html").read_text()
         summary = re.search(r'<div id="toc">(.*?)</div>', html, re.S).group(1)
         entries = re.findall(r'<a href="#(\w+)">(.*?)</a> \(<code>\1</code>, Score: ([\d.]+) / ([\d.]+)\)', summary)
         expected = [
@@ -646,7 +646,7 @@ def test_learner_command_prints_scores_and_feedback_path(tmp_path, capsys):
     for title in part_titles(a).values():  # each part named as the report names it, not by its cell's id
         assert f"\n{title}  " in scores, title
     assert "test_moe_row" not in scores
-    report = tmp_path / "feedback" / a / f"{a}.html"
+    report = tmp_path / "feedback" / a / f"{a}_exercises.html"
     assert f"Feedback report: {report}" in out and report.is_file()
     assert_scripts_on_disk(report)
 
@@ -685,8 +685,8 @@ def test_exercises_are_generated_from_solutions(assignment, tmp_path):
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_no_solution_or_hidden_test_leaks(assignment):
-    solution = load(REPO / "solutions" / assignment / f"{assignment}.ipynb")
-    student = load(REPO / "exercises" / assignment / f"{assignment}.ipynb")
+    solution = load(REPO / "solutions" / assignment / f"{assignment}_exercises.ipynb")
+    student = load(REPO / "exercises" / assignment / f"{assignment}_exercises.ipynb")
     text = json.dumps(student["cells"])
     assert "BEGIN SOLUTION" not in text and "BEGIN HIDDEN TESTS" not in text
     for c in solution["cells"]:
@@ -797,7 +797,7 @@ def test_grading_imports_light():
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_every_safety_net_uses_the_library_helper(assignment):
-    cells = load(REPO / "solutions" / assignment / f"{assignment}.ipynb")["cells"]
+    cells = load(REPO / "solutions" / assignment / f"{assignment}_exercises.ipynb")["cells"]
     sources = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
     assert not any("def safety_net_passes" in source for source in sources), "a pasted copy of safety_net_passes"
     setup = next(c for c in cells if c["metadata"].get("nbgrader", {}).get("grade_id") == "setup")

@@ -58,10 +58,10 @@ def exercise_with(tmp: Path, name: str, assignment: str, code: str) -> Path:
     """A student folder holding the untouched exercise, ``code`` added to its first answer cell."""
     folder = tmp / "inbox" / name
     folder.mkdir(parents=True)
-    nb = load(REPO / "exercises" / assignment / f"{assignment}.ipynb")
+    nb = load(REPO / "exercises" / assignment / f"{assignment}_exercises.ipynb")
     answer = cell(nb, FIRST_ANSWER[assignment])
     answer["source"] = "".join(answer["source"]) + "\n\n\n" + code
-    (folder / f"{assignment}.ipynb").write_text(json.dumps(nb))
+    (folder / f"{assignment}_exercises.ipynb").write_text(json.dumps(nb))
     return folder
 
 
@@ -94,7 +94,7 @@ def graded_04(tmp_path_factory):
 
 
 def autograded(course: Path, student: str, assignment: str) -> dict:
-    return load(course / "autograded" / student / assignment / f"{assignment}.ipynb")
+    return load(course / "autograded" / student / assignment / f"{assignment}_exercises.ipynb")
 
 
 @pytest.mark.parametrize("assignment,cheat", [(a, cheat) for a, cheats in GRADED_WITH.items() for cheat in cheats])

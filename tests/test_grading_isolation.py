@@ -25,7 +25,7 @@ from moe_course.grading_submission import Ungradable, check_notebook, read_noteb
 from tests.test_grading import REPO, both, cell, delete, full_marks_except, load, replace, submission
 
 A = "02_moe_layer"
-NOTEBOOK = f"{A}.ipynb"
+NOTEBOOK = f"{A}_exercises.ipynb"
 # Where a submission's process can leave its pid: the one folder outside its own it may write to when confined.
 SHARED = Path(grading_sandbox.SHARED_MEMORY)
 BLANK = json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
@@ -178,7 +178,9 @@ def graded(tmp_path_factory):
         file_of(tmp, "broken_json", '{"cells": ['),
         file_of(tmp, "empty", ""),
         file_of(tmp, "braces", "{}"),
-        file_of(tmp, "other_assignment", (REPO / "exercises" / "03_routing" / "03_routing.ipynb").read_text()),
+        file_of(
+            tmp, "other_assignment", (REPO / "exercises" / "03_routing" / "03_routing_exercises.ipynb").read_text()
+        ),
         file_of(tmp, "no_notebook", None),
         submission(
             tmp,
@@ -275,7 +277,7 @@ def test_a_cell_that_ignores_the_interrupt_is_stopped_and_its_kernel_killed(grad
         "the cells after it did not run and score 0"
     ]
     assert not pid_alive(pids["c_loop"])
-    html = (course / "feedback" / "c_loop" / A / f"{A}.html").read_text()
+    html = (course / "feedback" / "c_loop" / A / f"{A}_exercises.html").read_text()
     assert "ignored the interrupt" in html and "not run: balance_coefficient ran past" in html
 
 
@@ -340,7 +342,7 @@ def test_the_course_gradebook_holds_every_student_and_exports(graded):
     assert scores == {student: sum(p.score for p in grade) for student, grade in grades.items()}
     run_nbgrader(course, "export", "--to=grades.csv")
     assert len((course / "grades.csv").read_text().splitlines()) == 1 + len(grades)
-    assert (course / "feedback" / "alice" / A / f"{A}.html").is_file()
+    assert (course / "feedback" / "alice" / A / f"{A}_exercises.html").is_file()
 
 
 def test_the_instructors_command_rejects_a_bad_number_of_jobs(tmp_path, capsys):

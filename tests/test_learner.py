@@ -311,15 +311,15 @@ def checkpoint(notebook: Path) -> None:
 
 def test_workspace_grade_and_clean_checkout(course):
     workspace = course.root / "workspace"
-    answers = workspace / "exercises" / EXERCISE / f"{EXERCISE}.ipynb"
-    shutil.copyfile(course.root / "solutions" / EXERCISE / f"{EXERCISE}.ipynb", answers)
+    answers = workspace / "exercises" / EXERCISE / f"{EXERCISE}_exercises.ipynb"
+    shutil.copyfile(course.root / "solutions" / EXERCISE / f"{EXERCISE}_exercises.ipynb", answers)
     checkpoint(answers)
     checkpoint(workspace / LESSON)
 
     report = course.make("grade", f"ASSIGNMENT={EXERCISE}", timeout=600)
     score, max_score = next(line.split()[1:] for line in report.splitlines() if line.startswith("total"))
     assert float(score) == float(max_score) > 0, report
-    assert (course.root / "feedback" / EXERCISE / f"{EXERCISE}.html").is_file()
+    assert (course.root / "feedback" / EXERCISE / f"{EXERCISE}_exercises.html").is_file()
     assert not list(course.root.rglob("gradebook.db"))
 
     # `make workspace` keeps the learner's copies and brings back one they deleted (to start it over).
