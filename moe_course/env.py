@@ -58,9 +58,10 @@ def use_course_threads() -> int:
 def cpu_name() -> str:
     """The processor's model name (Linux: ``/proc/cpuinfo``; macOS: ``sysctl``), else what ``platform`` knows."""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     try:

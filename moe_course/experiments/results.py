@@ -31,7 +31,9 @@ def git_commit(repo: Path = RESULTS.parents[1]) -> str:
     return commit.stdout.strip() + ("+changes" if status.stdout.strip() else "")
 
 
-def write_results(path: Path, results: dict, settings: dict, seeds: list, timing: dict, tensors: dict = None) -> Path:
+def write_results(
+    path: Path, results: dict, settings: dict, seeds: list, timing: dict, tensors: dict | None = None
+) -> Path:
     """Write the file at ``path`` (its folder created if need be), and ``tensors`` (name -> tensor) beside it with the
     suffix ``.pt``; returns the path."""
     path = Path(path)
