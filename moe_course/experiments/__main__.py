@@ -7,7 +7,7 @@
 
 ``--jobs N`` trains N runs at once, in separate processes, with the same numbers. Each results file records how
 long its runs took (``timing``): on a 2-core machine the capstone's 16 models of about a million parameters,
-1,500 steps each, took 14.6 minutes with ``--jobs 2``; one run of lessons 03 and 04 (300 steps) takes about 25 s
+1,500 steps each, took 14.6 minutes with ``--jobs 2``; one run of lessons 03 and 04 (300 steps) took 19 to 22 s
 on a quiet core.
 """
 
